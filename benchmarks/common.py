@@ -1,0 +1,109 @@
+"""Models, data and timing shared by the benchmark scripts."""
+
+import os
+import platform
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+
+def mlp(inputs=20, width=256, classes=10):
+    """The MLP of the feasibility notes: 20-256-256-10, 73.7k parameters."""
+    return keras.Sequential([
+        keras.Input((inputs,)),
+        keras.layers.Dense(width, activation="relu"),
+        keras.layers.Dense(width, activation="relu"),
+        keras.layers.Dense(classes),
+    ])
+
+
+def cnn(size=32, channels=3, classes=10, width=32):
+    """A small CNN: four 3x3 convolutions with BatchNorm, ~67k parameters."""
+    layers = [keras.Input((size, size, channels))]
+    for i, filters in enumerate((width, width, 2 * width, 2 * width)):
+        layers += [
+            keras.layers.Conv2D(filters, 3, padding="same", use_bias=False),
+            keras.layers.BatchNormalization(),
+            keras.layers.ReLU(),
+        ]
+        if i % 2 == 1:
+            layers.append(keras.layers.MaxPooling2D())
+    layers += [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(classes)]
+    return keras.Sequential(layers)
+
+
+MODELS = {"mlp": mlp, "cnn": cnn}
+
+
+def data(kind, batches, batch_size=128, seed=0):
+    """Random inputs and integer labels for `batches` batches."""
+    rng = np.random.default_rng(seed)
+    n = batches * batch_size
+    shape = (n, 20) if kind == "mlp" else (n, 32, 32, 3)
+    return rng.normal(size=shape).astype("float32"), rng.integers(0, 10, n)
+
+
+def time_fit(model, x, y, batch_size=128):
+    """Seconds per step of one `fit` epoch (the model must be warmed up)."""
+    start = time.perf_counter()
+    model.fit(x, y, batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
+    return (time.perf_counter() - start) / (len(x) // batch_size)
+
+
+def time_loop(model, x, y, batch_size=128):
+    """Seconds per step of a `train_on_batch` loop over the same batches.
+
+    Unlike `fit`, whose throughput on small CPU machines flips between a
+    two-core and a one-core rate from one epoch to the next, this loop runs
+    steadily at the two-core rate, so its ratios are the less noisy ones.
+    """
+    steps = len(x) // batch_size
+    start = time.perf_counter()
+    for i in range(steps):
+        sl = slice(i * batch_size, (i + 1) * batch_size)
+        model.train_on_batch(x[sl], y[sl])
+    return (time.perf_counter() - start) / steps
+
+
+def interleaved_medians(runners, repeats):
+    """Runs every runner once per round, rotating the order; returns medians.
+
+    Args:
+        runners: dict name -> zero-argument callable returning seconds.
+        repeats: number of rounds.
+    """
+    names = list(runners)
+    samples = {name: [] for name in names}
+    for r in range(repeats):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            samples[name].append(runners[name]())
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def machine():
+    """One line describing where the benchmark ran."""
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, TensorFlow {tf.__version__}, "
+        f"Keras {keras.__version__}, devices "
+        f"{[d.device_type for d in tf.config.list_physical_devices()]}"
+    )
+
+
+def print_table(title, rows, columns):
+    """Prints rows (list of dicts) as a Markdown table."""
+    print(f"\n### {title}\n")
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for row in rows:
+        cells = []
+        for c in columns:
+            v = row.get(c, "")
+            cells.append(f"{v:.3g}" if isinstance(v, float) else str(v))
+        print("| " + " | ".join(cells) + " |")

@@ -1,0 +1,91 @@
+"""Step time of each algorithm relative to plain Keras `fit`, in one run.
+
+Times one `fit` epoch per variant, and the same batches through a
+`train_on_batch` loop, interleaving the variants round by round, and prints
+the median per-step times and their ratios to plain `keras.Model` training
+on the same model and data. The throughput of `fit` on small CPU machines
+flips between a two-core and a one-core rate from epoch to epoch, so the
+`fit` ratios are noisy; the loop runs steadily and its ratios are the ones
+to compare with the targets. Variants: plain Keras, FlatMinimaModel with no
+perturbation, RS, RS with a tolerance that always skips the perturbation,
+SA, SAM and ASAM.
+
+Targets: RS, SAM, ASAM <= 2.05x (two gradient evaluations), RS skipping
+<= 1.05x, SA <= 2.2x.
+
+Usage:
+    python -m benchmarks.step_time [--models mlp cnn] [--repeats 7] [--steps 30]
+"""
+
+import argparse
+
+from benchmarks import common
+
+import keras  # noqa: E402  (after common sets the log level)
+
+import keras_flat  # noqa: E402
+
+VARIANTS = {
+    "plain keras": None,
+    "none (wrapper)": lambda: keras_flat.algorithms.NoPerturbation(),
+    "rs": lambda: keras_flat.algorithms.RandomSmoothing(rho=0.1),
+    "rs (skipping)": lambda: keras_flat.algorithms.RandomSmoothing(rho=0.1, tolerance=0.0),
+    "sa": lambda: keras_flat.algorithms.SharpnessAware(rho=0.05),
+    "sam": lambda: keras_flat.algorithms.SAM(rho=0.05),
+    "asam": lambda: keras_flat.algorithms.ASAM(rho=0.5),
+}
+
+
+def build(kind, variant, jit):
+    inner = common.MODELS[kind]()
+    factory = VARIANTS[variant]
+    model = inner if factory is None else keras_flat.FlatMinimaModel(inner, factory(), seed=0)
+    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  jit_compile=jit)
+    return model
+
+
+def run(kinds, repeats, steps, jit=False):
+    rows = []
+    for kind in kinds:
+        x, y = common.data(kind, steps)
+        models = {v: build(kind, v, jit) for v in VARIANTS}
+        for model in models.values():  # Trace and warm up.
+            common.time_fit(model, x[:256], y[:256])
+        runners = {}
+        for v, m in models.items():
+            runners[("fit", v)] = lambda m=m: common.time_fit(m, x, y)
+            runners[("loop", v)] = lambda m=m: common.time_loop(m, x, y)
+        medians = common.interleaved_medians(runners, repeats)
+        for v in models:
+            fit, loop = medians[("fit", v)], medians[("loop", v)]
+            rows.append({
+                "model": kind, "variant": v,
+                "loop ms/step": 1000 * loop,
+                "loop ratio": loop / medians[("loop", "plain keras")],
+                "fit ms/step": 1000 * fit,
+                "fit ratio": fit / medians[("fit", "plain keras")],
+            })
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=sorted(common.MODELS))
+    parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds per variant")
+    parser.add_argument("--steps", type=int, default=30, help="steps of batch 128 per timed epoch")
+    parser.add_argument("--jit", action="store_true", help="compile with jit_compile=True")
+    args = parser.parse_args(argv)
+    print(f"Machine: {common.machine()}")
+    rows = run(args.models, args.repeats, args.steps, args.jit)
+    common.print_table(
+        f"Step time, batch 128, jit_compile={args.jit} (median of {args.repeats})",
+        rows,
+        ["model", "variant", "loop ms/step", "loop ratio", "fit ms/step", "fit ratio"],
+    )
+    return rows
+
+
+if __name__ == "__main__":
+    main()

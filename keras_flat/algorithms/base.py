@@ -1,0 +1,235 @@
+"""The contract every update rule follows, and argument validation."""
+
+import math
+import numbers
+
+import keras
+import tensorflow as tf
+
+from keras_flat import vector
+
+PERTURBATION_SYNC_MODES = ("global", "replica")
+
+
+@keras.saving.register_keras_serializable(package="keras_flat")
+class Algorithm:
+    """Base class of the update rules `FlatMinimaModel` runs.
+
+    An algorithm turns the clean gradient of one batch into the gradient
+    the optimizer applies. It never touches variables, metrics or the
+    optimizer: `FlatMinimaModel.train_step` owns those and hands the
+    algorithm a `GradientOracle`, which evaluates gradients of the same
+    batch at perturbed weights without writing any variable.
+
+    Subclasses implement `compute_update` and `get_config`; the arguments
+    of `__init__` are validated there, at construction time.
+
+    Args:
+        perturbation_sync: `"global"` or `"replica"`; how the perturbation
+            is formed under a `tf.distribute` strategy with several
+            replicas. `"global"` (default) computes it from the all-reduced
+            gradient and draws identical noise on every replica, so a run
+            equals single-device training on the global batch. `"replica"`
+            lets each replica perturb from its own gradient and its own
+            noise (m-sharpness, with m the per-replica batch). On one device
+            the two are the same.
+    """
+
+    #: Whether the rule ever evaluates gradients at perturbed weights.
+    perturbs = True
+
+    def __init__(self, perturbation_sync="global"):
+        self.perturbation_sync = check_choice(
+            "perturbation_sync", perturbation_sync, PERTURBATION_SYNC_MODES
+        )
+
+    def compute_update(self, oracle, grads):
+        """Returns the gradient to apply for one batch.
+
+        Args:
+            oracle: The `GradientOracle` of the batch.
+            grads: List of tensors, the clean gradient of the batch (this
+                replica's contribution, loss scaling removed).
+
+        Returns:
+            `(update, grad_norm, perturbed)`: the list of tensors to hand
+            to the optimizer (same convention as `grads`), the whole-model
+            norm of the clean gradient as the perturbation scope sees it,
+            and a scalar float32 tensor, 1.0 if the step took the perturbed
+            branch else 0.0.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement compute_update()."
+        )
+
+    def get_config(self):
+        return {"perturbation_sync": self.perturbation_sync}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other):
+        return type(self) is type(other) and (
+            self.get_config() == other.get_config()
+        )
+
+    def __hash__(self):
+        return hash((type(self).__name__, repr(self)))
+
+
+class PerturbationAlgorithm(Algorithm):
+    """Shared machinery of Algorithms 1 and 2 of Ahn, Jadbabaie & Sra.
+
+    Both rules take the paper's two-phase step: when the whole-model
+    gradient norm is at or below `tolerance`, they add to the gradient a
+    perturbation direction `v` (a gradient at a perturbed point with its
+    component along the clean gradient projected out) and scale the step
+    by `perturbed_lr_scale`; otherwise they take the plain gradient step.
+
+    Args:
+        rho: Perturbation radius, a finite number >= 0.
+        tolerance: The paper's ε0. `None` perturbs at every step; a number
+            >= 0 perturbs only when the clean whole-model gradient norm is
+            at or below it.
+        perturbed_lr_scale: η/η′, the ratio of the paper's step size of a
+            perturbed step to that of a plain step; the optimizer's
+            learning rate is η′. A finite number > 0.
+        project: Whether to project the perturbed gradient orthogonally to
+            the clean gradient, as the paper does.
+        perturbation_sync: See `Algorithm`.
+    """
+
+    def __init__(
+        self,
+        rho,
+        tolerance=None,
+        perturbed_lr_scale=1.0,
+        project=True,
+        perturbation_sync="global",
+    ):
+        super().__init__(perturbation_sync=perturbation_sync)
+        self.rho = check_number("rho", rho, minimum=0.0)
+        self.tolerance = (
+            None
+            if tolerance is None
+            else check_number("tolerance", tolerance, minimum=0.0)
+        )
+        self.perturbed_lr_scale = check_number(
+            "perturbed_lr_scale", perturbed_lr_scale, minimum=0.0,
+            inclusive=False,
+        )
+        self.project = check_bool("project", project)
+
+    def prepare(self, oracle, grads):
+        """Work of a step that must run whether or not it perturbs.
+
+        Runs outside the tolerance conditional, so it is the only place an
+        algorithm may need a value reduced across replicas: whatever it
+        returns as `to_reduce` is all-reduced together with the clean
+        gradient, in the same collective (`"global"` mode).
+
+        Returns:
+            `(state, to_reduce)`: any structure handed unchanged to
+            `perturbation`, and a list of tensors (possibly empty) handed to
+            it as seen by the perturbation scope.
+        """
+        return None, []
+
+    def perturbation(self, oracle, grads, direction, state, reduced):
+        """Returns the perturbation direction `v` of one perturbed step.
+
+        Args:
+            oracle: The `GradientOracle` of the batch.
+            grads: The clean gradient (this replica's contribution).
+            direction: The unit vector of the clean gradient as the
+                perturbation scope sees it (zero for a zero gradient).
+            state: What `prepare` returned as `state`.
+            reduced: What `prepare` returned as `to_reduce`, as the
+                perturbation scope sees it.
+
+        Returns:
+            A list of tensors in the convention of `grads`.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement perturbation()."
+        )
+
+    def compute_update(self, oracle, grads):
+        grads = list(grads)
+        state, to_reduce = self.prepare(oracle, grads)
+        view, reduced = oracle.global_view(
+            (grads, list(to_reduce)), self.perturbation_sync
+        )
+        direction, grad_norm = vector.unit(view)
+
+        def perturbed_step():
+            v = self.perturbation(oracle, grads, direction, state, reduced)
+            if self.project:
+                v = vector.project_out_unit(v, direction)
+            step = vector.add(grads, v)
+            if self.perturbed_lr_scale != 1.0:
+                step = vector.scale(step, self.perturbed_lr_scale)
+            return step
+
+        if self.tolerance is None:
+            return perturbed_step(), grad_norm, tf.constant(1.0)
+        take = grad_norm <= tf.cast(self.tolerance, grad_norm.dtype)
+        update = tf.cond(take, perturbed_step, lambda: grads)
+        return list(update), grad_norm, tf.cast(take, tf.float32)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            rho=self.rho,
+            tolerance=self.tolerance,
+            perturbed_lr_scale=self.perturbed_lr_scale,
+            project=self.project,
+        )
+        return config
+
+
+def check_number(name, value, minimum=None, inclusive=True, integer=False):
+    """Validates a finite real (or integer) argument; returns it as a Python number."""
+    kind = "an integer" if integer else "a finite number"
+    ok_type = isinstance(value, numbers.Integral if integer else numbers.Real)
+    if isinstance(value, bool) or not ok_type:
+        raise TypeError(
+            f"Argument `{name}` must be {kind}. Received: {name}={value!r} "
+            f"of type {type(value).__name__}."
+        )
+    if not integer and not math.isfinite(value):
+        raise ValueError(
+            f"Argument `{name}` must be {kind}. Received: {name}={value!r}."
+        )
+    if minimum is not None:
+        bad = value < minimum if inclusive else value <= minimum
+        if bad:
+            relation = ">=" if inclusive else ">"
+            raise ValueError(
+                f"Argument `{name}` must be {relation} {minimum}. "
+                f"Received: {name}={value!r}."
+            )
+    return int(value) if integer else float(value)
+
+
+def check_bool(name, value):
+    if not isinstance(value, bool):
+        raise TypeError(
+            f"Argument `{name}` must be True or False. "
+            f"Received: {name}={value!r}."
+        )
+    return value
+
+
+def check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(
+            f"Argument `{name}` must be one of {list(choices)}. "
+            f"Received: {name}={value!r}."
+        )
+    return value

@@ -1,0 +1,27 @@
+"""Plain training, the reference every perturbing rule is measured against."""
+
+import keras
+import tensorflow as tf
+
+from keras_flat import vector
+from keras_flat.algorithms.base import Algorithm
+
+
+@keras.saving.register_keras_serializable(package="keras_flat")
+class NoPerturbation(Algorithm):
+    """Plain training: the optimizer applies the clean gradient unchanged.
+
+    `FlatMinimaModel(model, algorithm=None)` uses it, so plain training runs
+    through the same `train_step` (and logs the same `grad_norm`) as the
+    perturbing rules, which makes comparisons like for like.
+
+    Example:
+
+    >>> model = keras_flat.FlatMinimaModel(inner, algorithm=None)  # doctest: +SKIP
+    """
+
+    perturbs = False
+
+    def compute_update(self, oracle, grads):
+        view = oracle.global_view(list(grads), self.perturbation_sync)
+        return list(grads), vector.norm(view), tf.constant(0.0)

@@ -1,0 +1,179 @@
+"""The gradient oracle `FlatMinimaModel.train_step` hands to an algorithm."""
+
+import keras
+import tensorflow as tf
+
+from keras_flat import rng
+from keras_flat import vector
+
+# Fixed tags that give each random draw of a step its own stream.
+_SEED_TAGS = {"sphere": 1, "examples": 2, "jitter": 3, "sign": 4}
+
+
+class GradientOracle:
+    """Gradients of one batch at perturbed weights, with no side effects.
+
+    Built by `FlatMinimaModel.train_step` for one batch, after the clean
+    pass. `gradient` evaluates the training loss (regularization included)
+    at `w + offset`, on the whole batch or on a subset of its examples, by
+    calling the model inside a `keras.StatelessScope`: no variable is
+    written, BatchNorm statistics and other non-trainable updates of the
+    perturbed pass are discarded, and no Python state changes, so it is
+    safe under `tf.function`, XLA and `tf.distribute`.
+
+    Gradient convention: like the clean gradient Keras computes inside a
+    replica, a returned gradient is this replica's contribution (the loss
+    carries Keras's 1/num_replicas factor), with any loss scaling removed,
+    so contributions summed over replicas give the global-batch gradient.
+    `global_view` turns a contribution into a full-scale gradient for norms
+    and directions.
+
+    Args:
+        model: The `FlatMinimaModel`.
+        x, y, sample_weight: The batch, as unpacked by Keras.
+        trainable_variables: The variables the optimizer updates.
+        seed: The step's stateless seed, an int tensor of shape `(2,)`.
+        scale: The step's loss scale (from `loss_scale`), or None.
+    """
+
+    def __init__(
+        self, model, x, y, sample_weight, trainable_variables, seed, scale=None
+    ):
+        self._scale = scale
+        self._model = model
+        self._x = x
+        self._y = y
+        self._sample_weight = sample_weight
+        self.trainable_variables = list(trainable_variables)
+        self.variables = [tf.convert_to_tensor(v) for v in self.trainable_variables]
+        self._seed = seed
+        strategy = tf.distribute.get_strategy()
+        self.num_replicas = strategy.num_replicas_in_sync
+
+    @property
+    def batch_size(self):
+        """Number of examples in this replica's batch, a scalar int32 tensor."""
+        return tf.shape(_first_leaf(self._x))[0]
+
+    def seed(self, tag, sync="global"):
+        """A stateless seed for the draw named `tag` in this step.
+
+        In `"replica"` mode each replica gets its own stream; in `"global"`
+        mode every replica draws the same numbers.
+        """
+        seed = rng.fold_in(self._seed, _SEED_TAGS[tag])
+        if sync == "replica" and self.num_replicas > 1:
+            replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+            seed = rng.fold_in(seed, replica + 1)
+        return seed
+
+    def global_view(self, grads, sync="global"):
+        """Full-scale version of gradient contributions, for norms and directions.
+
+        In `"global"` mode, the sum over replicas (one all-reduce of the
+        whole structure); in `"replica"` mode, this replica's gradient of
+        its own batch mean (the contribution times the number of replicas).
+        The identity on one device.
+
+        Args:
+            grads: A nested structure of tensors in the oracle's convention.
+            sync: `"global"` or `"replica"`.
+        """
+        if self.num_replicas == 1:
+            return grads
+        if sync == "global":
+            context = tf.distribute.get_replica_context()
+            return context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        return tf.nest.map_structure(
+            lambda g: g * tf.cast(self.num_replicas, g.dtype), grads
+        )
+
+    def sample_subset(self, count, seed, sync="global"):
+        """Chooses `min(count, batch)` distinct examples of the batch at random.
+
+        Returns:
+            An int32 tensor of example indices, for `gradient(subset=...)`.
+        """
+        del sync  # Each replica chooses from its own part of the batch.
+        size = self.batch_size
+        keys = rng.uniform([size], seed)
+        order = tf.argsort(keys)
+        return order[: tf.minimum(tf.constant(count, tf.int32), size)]
+
+    def gradient(self, offset=None, subset=None):
+        """Loss and gradient at `w + offset`, on the batch or a subset of it.
+
+        Args:
+            offset: `None` or a list of tensors shaped like the trainable
+                variables.
+            subset: `None` or indices from `sample_subset`.
+
+        Returns:
+            `(loss, grads)`: the scalar loss (this replica's contribution)
+            and a list of gradient tensors, one per trainable variable.
+        """
+        x, y, sample_weight = self._x, self._y, self._sample_weight
+        if subset is not None:
+            take = lambda t: None if t is None else tf.gather(t, subset)  # noqa: E731
+            x = tf.nest.map_structure(take, x)
+            y = tf.nest.map_structure(take, y)
+            sample_weight = tf.nest.map_structure(take, sample_weight)
+        values = list(self.variables)
+        if offset is not None:
+            values = vector.add(values, offset)
+        model = self._model
+        mapping = list(zip(self.trainable_variables, values))
+        with tf.GradientTape() as tape:
+            tape.watch(values)
+            with keras.StatelessScope(state_mapping=mapping, collect_losses=True):
+                y_pred = model(x, training=True)
+                loss = model.compute_loss(
+                    x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                    training=True,
+                )
+            scaled = loss if self._scale is None else loss * tf.cast(
+                self._scale, loss.dtype
+            )
+        grads = tape.gradient(scaled, values)
+        grads = [
+            tf.zeros_like(v) if g is None else g for g, v in zip(grads, values)
+        ]
+        return loss, unscale_gradients(grads, self._scale)
+
+
+def loss_scale(optimizer):
+    """The factor `optimizer.scale_loss` multiplies the loss by, or None.
+
+    Covers `keras.optimizers.LossScaleOptimizer` (mixed precision) and the
+    `loss_scale_factor` argument of every Keras optimizer. Read it once per
+    step and use it for both `unscale_gradients` and `rescale_gradients`.
+    """
+    scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer) or (
+        getattr(optimizer, "loss_scale_factor", None) is not None
+    )
+    if not scaled:
+        return None
+    return tf.cast(optimizer.scale_loss(tf.constant(1.0, tf.float32)), tf.float32)
+
+
+def unscale_gradients(grads, scale):
+    """Divides gradients of a scaled loss by `scale` (no-op for None)."""
+    if scale is None:
+        return list(grads)
+    return [_times(g, 1.0 / scale) for g in grads]
+
+
+def rescale_gradients(grads, scale):
+    """Inverse of `unscale_gradients`, to hand gradients back to the optimizer."""
+    if scale is None:
+        return list(grads)
+    return [_times(g, scale) for g in grads]
+
+
+def _times(tensor, factor):
+    dtype = vector.compute_dtype(tensor.dtype)
+    return tf.cast(tf.cast(tensor, dtype) * tf.cast(factor, dtype), tensor.dtype)
+
+
+def _first_leaf(structure):
+    return next(t for t in tf.nest.flatten(structure) if t is not None)

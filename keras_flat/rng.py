@@ -1,0 +1,107 @@
+"""A counter-based random generator that gives the same numbers everywhere.
+
+TensorFlow's stateless random ops are not guaranteed to produce the same
+numbers with and without XLA (on TF 2.21 they do not, even with
+`alg="philox"`), which would make a `jit_compile=True` run of a random
+algorithm differ from the same run without XLA. The generator here is pure
+uint32 integer arithmetic (a counter hashed by rounds of the MurmurHash3
+finaliser, a bijective mixer), so its bits are identical on CPU, GPU, TPU,
+with and without XLA, and in NumPy; uniforms, signs and Box-Muller normals
+are built from those bits.
+
+A seed is any integer tensor of shape `(2,)`, e.g. the output of
+`keras.random.SeedGenerator.next()`. No function keeps state.
+"""
+
+import tensorflow as tf
+
+_GOLDEN = 0x9E3779B9
+_MIX1 = 0x85EBCA6B
+_MIX2 = 0xC2B2AE35
+_FOLD = 0x6A09E667
+_TWO_PI = 6.283185307179586
+
+
+def _u32(value):
+    return tf.constant(value, tf.uint32)
+
+
+def _mix(h):
+    """MurmurHash3's 32-bit finaliser: a bijection with full avalanche."""
+    h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, _u32(16)))
+    h = h * _u32(_MIX1)
+    h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, _u32(13)))
+    h = h * _u32(_MIX2)
+    return tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, _u32(16)))
+
+
+def _to_u32(value):
+    """Folds an integer tensor of any dtype into uint32, keeping all 64 bits."""
+    value = tf.convert_to_tensor(value)
+    if value.dtype == tf.uint32:
+        return value
+    wide = tf.cast(value, tf.int64)
+    low = tf.cast(tf.bitwise.bitwise_and(wide, 0xFFFFFFFF), tf.uint32)
+    high = tf.cast(
+        tf.bitwise.bitwise_and(tf.bitwise.right_shift(wide, 32), 0xFFFFFFFF),
+        tf.uint32,
+    )
+    return tf.bitwise.bitwise_xor(low, _mix(high))
+
+
+def key(seed):
+    """Converts an integer seed tensor of shape `(2,)` to a uint32 key."""
+    return _to_u32(seed)
+
+
+def fold_in(seed, data):
+    """A new seed derived from `seed` and the integer (or int tensor) `data`.
+
+    Args:
+        seed: Integer tensor of shape `(2,)`.
+        data: Python int or scalar integer tensor.
+
+    Returns:
+        A uint32 tensor of shape `(2,)`.
+    """
+    k = key(seed)
+    d = _mix(_to_u32(data) * _u32(_GOLDEN) + _u32(_FOLD))
+    first = _mix(tf.bitwise.bitwise_xor(k[0], d))
+    second = _mix(tf.bitwise.bitwise_xor(_mix(k[1] + d), _u32(_MIX2)))
+    return tf.stack([first, second])
+
+
+def bits(shape, seed):
+    """Uniform random uint32 values of `shape` (a counter hashed with the key)."""
+    k = key(seed)
+    size = tf.reduce_prod(tf.cast(shape, tf.int32))
+    counter = tf.cast(tf.range(size), tf.uint32)
+    h = _mix(counter * _u32(_GOLDEN) + k[0])
+    h = _mix(tf.bitwise.bitwise_xor(h, k[1]))
+    h = _mix(h + tf.bitwise.bitwise_xor(k[0], _u32(_FOLD)))
+    return tf.reshape(h, shape)
+
+
+def uniform(shape, seed, dtype=tf.float32):
+    """Uniform samples in [0, 1) with 24 random bits each."""
+    top = tf.bitwise.right_shift(bits(shape, seed), _u32(8))
+    return tf.cast(tf.cast(top, tf.float32) * (2.0**-24), dtype)
+
+
+def normal(shape, seed, dtype=tf.float32):
+    """Standard normal samples by the Box-Muller transform."""
+    shape = tf.cast(shape, tf.int32)
+    size = tf.reduce_prod(shape)
+    pairs = (size + 1) // 2
+    raw = tf.bitwise.right_shift(bits(tf.reshape(2 * pairs, [1]), seed), _u32(8))
+    raw = tf.cast(raw, tf.float32) * (2.0**-24)
+    radius = tf.sqrt(-2.0 * tf.math.log(raw[:pairs] + 2.0**-24))  # In (0, 1].
+    angle = _TWO_PI * raw[pairs:]
+    values = tf.concat([radius * tf.cos(angle), radius * tf.sin(angle)], 0)
+    return tf.cast(tf.reshape(values[:size], shape), dtype)
+
+
+def rademacher(shape, seed, dtype=tf.float32):
+    """Independent ±1 samples, each with probability one half."""
+    top = tf.bitwise.right_shift(bits(shape, seed), _u32(31))
+    return tf.cast(2 * tf.cast(top, tf.int32) - 1, dtype)
