@@ -28,18 +28,17 @@ def _reduction_dtype(tensors):
     return tf.float64 if tf.float64 in dtypes else tf.float32
 
 
-def _cast_all(tensors, dtype):
-    return [tf.cast(t, dtype) for t in tensors]
+def _as(t, dtype):
+    return tf.cast(t, dtype)  # No op when the dtype already matches.
 
 
 def max_abs(tensors):
-    """Largest absolute entry of the whole vector (0 for an empty list)."""
+    """Largest absolute entry of the whole vector (0 for an empty vector)."""
     dtype = _reduction_dtype(tensors)
-    values = [tf.reduce_max(tf.abs(t)) for t in _cast_all(tensors, dtype)]
-    values = [tf.reshape(v, [1]) for v in values if v.shape.rank is not None]
-    if not values:
+    if not tensors:
         return tf.zeros((), dtype)
-    return tf.reduce_max(tf.concat(values + [tf.zeros([1], dtype)], 0))
+    peaks = tf.stack([tf.reduce_max(tf.abs(_as(t, dtype))) for t in tensors])
+    return tf.maximum(tf.reduce_max(peaks), tf.zeros((), dtype))  # Empty tensors give -inf.
 
 
 def dot(a, b):
@@ -59,10 +58,27 @@ def dot(a, b):
     """
     _check_same_length(a, b)
     dtype = _reduction_dtype(list(a) + list(b))
-    total = tf.zeros((), dtype)
-    for x, y in zip(a, b):
-        total += tf.reduce_sum(tf.cast(x, dtype) * tf.cast(y, dtype))
-    return total
+    if not a:
+        return tf.zeros((), dtype)
+    return tf.add_n([tf.reduce_sum(_as(x, dtype) * _as(y, dtype)) for x, y in zip(a, b)])
+
+
+def _scaled_norm(tensors):
+    """(norm, max|t| or 1, 1/‖t/max|t|‖ or 1): a max-scaled norm's pieces.
+
+    Dividing (not multiplying by a reciprocal) keeps denormal inputs
+    finite: 1/max|t| would overflow for max|t| below ~3e-39.
+    """
+    dtype = _reduction_dtype(tensors)
+    big = max_abs(tensors)
+    divisor = tf.where(big > 0, big, tf.ones_like(big))
+    if not tensors:
+        return tf.zeros((), dtype), divisor, tf.ones((), dtype)
+    squares = tf.add_n([tf.reduce_sum(tf.square(_as(t, dtype) / divisor)) for t in tensors])
+    # The largest scaled entry is 1, so `squares` >= 1 whenever nonzero.
+    root = tf.sqrt(tf.maximum(squares, 1.0))
+    value = tf.where(big > 0, big * root, tf.zeros_like(big))
+    return value, divisor, 1.0 / root
 
 
 def norm(tensors):
@@ -83,13 +99,7 @@ def norm(tensors):
     >>> norm([tf.constant([3.0]), tf.constant([[4.0]])]).numpy()
     5.0
     """
-    dtype = _reduction_dtype(tensors)
-    scale = max_abs(tensors)
-    safe = tf.where(scale > 0, scale, tf.ones_like(scale))
-    total = tf.zeros((), dtype)
-    for t in _cast_all(tensors, dtype):
-        total += tf.reduce_sum(tf.square(t / safe))
-    return tf.where(scale > 0, safe * tf.sqrt(total), tf.zeros_like(scale))
+    return _scaled_norm(tensors)[0]
 
 
 def scale(tensors, factor):
@@ -97,7 +107,7 @@ def scale(tensors, factor):
     out = []
     for t in tensors:
         dtype = compute_dtype(t.dtype)
-        out.append(tf.cast(tf.cast(t, dtype) * tf.cast(factor, dtype), t.dtype))
+        out.append(_as(_as(t, dtype) * _as(factor, dtype), t.dtype))
     return out
 
 
@@ -107,8 +117,11 @@ def add(a, b, alpha=1.0):
     out = []
     for x, y in zip(a, b):
         dtype = compute_dtype(x.dtype)
-        value = tf.cast(x, dtype) + tf.cast(alpha, dtype) * tf.cast(y, dtype)
-        out.append(tf.cast(value, x.dtype))
+        if isinstance(alpha, (int, float)) and alpha == 1.0:
+            value = _as(x, dtype) + _as(y, dtype)
+        else:
+            value = _as(x, dtype) + _as(alpha, dtype) * _as(y, dtype)
+        out.append(_as(value, x.dtype))
     return out
 
 
@@ -126,19 +139,12 @@ def unit(tensors):
         `(direction, norm)`: a list of tensors of unit (or zero) norm and
         the input's norm as a scalar tensor.
     """
-    dtype = _reduction_dtype(tensors)
-    big = max_abs(tensors)
-    safe_big = tf.where(big > 0, big, tf.ones_like(big))
-    scaled = [t / safe_big for t in _cast_all(tensors, dtype)]
-    total = tf.zeros((), dtype)
-    for t in scaled:
-        total += tf.reduce_sum(tf.square(t))
-    scaled_norm = tf.sqrt(total)
-    nonzero = big > 0
-    inv = tf.where(nonzero, 1.0 / tf.where(nonzero, scaled_norm, 1.0), 0.0)
-    inv = tf.cast(inv, dtype)
-    direction = [tf.cast(t * inv, x.dtype) for t, x in zip(scaled, tensors)]
-    value = tf.where(nonzero, safe_big * scaled_norm, tf.zeros_like(big))
+    value, divisor, inv_root = _scaled_norm(tensors)
+    direction = []
+    for t in tensors:
+        dtype = compute_dtype(t.dtype)
+        scaled = _as(t, dtype) / _as(divisor, dtype) * _as(inv_root, dtype)
+        direction.append(_as(scaled, t.dtype))
     return direction, value
 
 
@@ -172,20 +178,33 @@ def project_out_unit(h, direction):
     return add(h, direction, -coefficient)
 
 
+def _sizes(tensors):
+    return [tf.TensorShape(t.shape).num_elements() for t in tensors]
+
+
+def _split_like(flat, tensors):
+    """Splits one flat sample into tensors shaped like `tensors`."""
+    parts = tf.split(flat, _sizes(tensors)) if len(tensors) > 1 else [flat]
+    return [tf.reshape(p, t.shape) for p, t in zip(parts, tensors)]
+
+
 def normal_like(tensors, seed):
     """Independent standard normal entries shaped like `tensors`.
 
+    One flat draw over the whole vector, split into the tensors, so the
+    cost in ops does not grow with the number of tensors.
+
     Args:
-        tensors: List of tensors (or variables) giving shapes and dtypes.
+        tensors: List of tensors (or variables) with static shapes, giving
+            shapes and dtypes.
         seed: An integer tensor of shape `(2,)`; see `keras_flat.rng`.
 
     Returns:
         A list of tensors.
     """
-    return [
-        rng.normal(tf.shape(t), rng.fold_in(seed, i), compute_dtype(t.dtype))
-        for i, t in enumerate(tensors)
-    ]
+    dtype = _reduction_dtype(tensors)
+    flat = rng.normal([sum(_sizes(tensors))], seed, dtype)
+    return [_as(p, compute_dtype(t.dtype)) for p, t in zip(_split_like(flat, tensors), tensors)]
 
 
 def sphere_like(tensors, seed, radius=1.0):
@@ -206,11 +225,9 @@ def sphere_like(tensors, seed, radius=1.0):
 
 
 def rademacher_like(tensors, seed):
-    """Independent random ±1 entries shaped like `tensors`."""
-    return [
-        rng.rademacher(tf.shape(t), rng.fold_in(seed, i), t.dtype)
-        for i, t in enumerate(tensors)
-    ]
+    """Independent random ±1 entries shaped like `tensors` (one flat draw)."""
+    flat = rng.rademacher([sum(_sizes(tensors))], seed, tf.float32)
+    return [_as(p, t.dtype) for p, t in zip(_split_like(flat, tensors), tensors)]
 
 
 def random_sign(seed, dtype=tf.float32):

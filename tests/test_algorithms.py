@@ -14,9 +14,10 @@ from helpers import mlp
 ALL = [
     algorithms.NoPerturbation(),
     algorithms.RandomSmoothing(rho=0.3, tolerance=1e-3, perturbed_lr_scale=2.0,
-                               project=False, perturbation_sync="replica"),
+                               project=False, antithetic=True, perturbation_sync="replica"),
     algorithms.SharpnessAware(rho=0.1, tolerance=0.5, perturbed_lr_scale=0.5,
-                              project=True, examples=3, jitter=1e-4),
+                              project=True, examples=3, jitter=1e-4, center=True,
+                              antithetic=True),
     algorithms.SAM(rho=0.07),
     algorithms.ASAM(rho=0.9, eta=0.02),
 ]
@@ -78,6 +79,9 @@ def test_defaults_match_the_documented_ones():
         (algorithms.SharpnessAware, "examples", 0, ValueError),
         (algorithms.SharpnessAware, "examples", 1.5, TypeError),
         (algorithms.RandomSmoothing, "project", "yes", TypeError),
+        (algorithms.SharpnessAware, "center", 1, TypeError),
+        (algorithms.RandomSmoothing, "antithetic", None, TypeError),
+        (algorithms.SharpnessAware, "jitter", -1e-3, ValueError),
         (algorithms.SAM, "perturbation_sync", "sometimes", ValueError),
     ],
 )

@@ -127,31 +127,54 @@ def test_random_smoothing_update_equals_hand_computed_update(project, lr_scale):
     _assert_close(update, expected)
 
 
+def test_antithetic_random_smoothing_averages_opposite_points():
+    rho = 0.4
+    update, _, calls, (w, x, y, sw, g, ref) = _eager_update(
+        algorithms.RandomSmoothing(rho=rho, antithetic=True))
+    (u, _), (minus_u, _) = calls
+    _assert_close(minus_u, [-t for t in u], atol=1e-7)
+    hs = [ref.grad([a + b for a, b in zip(w, o)], x, y, sw) for o in (u, minus_u)]
+    h = [(a + b) / 2 for a, b in zip(*hs)]
+    _assert_close(update, [a + b for a, b in zip(g, np_project_out(h, g))])
+
+
 def test_random_smoothing_directions_differ_between_steps():
     _, _, calls_a, _ = _eager_update(algorithms.RandomSmoothing(rho=0.4), step_seed=(5, 0))
     _, _, calls_b, _ = _eager_update(algorithms.RandomSmoothing(rho=0.4), step_seed=(5, 1))
     assert flat_norm([a - b for a, b in zip(calls_a[0][0], calls_b[0][0])]) > 0.1
 
 
-@pytest.mark.parametrize("examples", [1, 3])
-def test_sharpness_aware_update_equals_hand_computed_update(examples):
+@pytest.mark.parametrize(
+    "examples, center, antithetic", [(1, False, False), (3, False, False),
+                                     (2, True, False), (1, True, True), (1, False, True)])
+def test_sharpness_aware_update_equals_hand_computed_update(examples, center, antithetic):
     rho = 0.2
     update, perturbed, calls, (w, x, y, sw, g, ref) = _eager_update(
-        algorithms.SharpnessAware(rho=rho, examples=examples)
+        algorithms.SharpnessAware(rho=rho, examples=examples, center=center,
+                                  antithetic=antithetic)
     )
     assert perturbed == 1.0
-    # Direction on the chosen examples at w, then the gradient at w + ρσs.
-    (o1, s1), (o2, s2) = calls
+    # Direction on the chosen examples at w, then the gradient at w ± ρs.
+    (o1, s1), *perturbed_calls = calls
     assert o1 is None
-    np.testing.assert_array_equal(s1, s2)
+    assert len(perturbed_calls) == (2 if antithetic else 1)
+    for _, subset in perturbed_calls:
+        np.testing.assert_array_equal(s1, subset)
     assert len(np.unique(s1)) == examples
     # A subset's loss is its mean over the chosen examples (Keras reduction).
     sub = lambda t: t[s1]  # noqa: E731
     g_sub = ref.grad(w, sub(x), sub(y), sub(sw))
     s = [t / flat_norm(g_sub) for t in g_sub]
-    sign = np.sign(flat_dot(o2, s))
-    _assert_close(o2, [sign * rho * t for t in s], atol=1e-6)
-    h = ref.grad([a + b for a, b in zip(w, o2)], sub(x), sub(y), sub(sw))
+    offsets = [o for o, _ in perturbed_calls]
+    signs = [np.sign(flat_dot(o, s)) for o in offsets]
+    if antithetic:
+        assert sorted(signs) == [-1.0, 1.0]
+    for o, sign in zip(offsets, signs):
+        _assert_close(o, [sign * rho * t for t in s], atol=1e-6)
+    hs = [ref.grad([a + b for a, b in zip(w, o)], sub(x), sub(y), sub(sw)) for o in offsets]
+    h = [np.mean(parts, axis=0) for parts in zip(*hs)]
+    if center:
+        h = [a - b for a, b in zip(h, g_sub)]
     expected = [a + b for a, b in zip(g, np_project_out(h, g))]
     _assert_close(update, expected)
 

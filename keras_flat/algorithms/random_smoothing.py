@@ -4,6 +4,7 @@ import keras
 
 from keras_flat import vector
 from keras_flat.algorithms.base import PerturbationAlgorithm
+from keras_flat.algorithms.base import check_bool
 
 
 @keras.saving.register_keras_serializable(package="keras_flat")
@@ -30,6 +31,11 @@ class RandomSmoothing(PerturbationAlgorithm):
             optimizer's learning rate (used by plain steps). Defaults to 1.
         project: Project out the clean-gradient component of `h` (the
             paper's rule). Defaults to True.
+        antithetic: Average the gradients at `w + rho*u` and `w - rho*u`
+            (Zhang et al.'s two-point noise injection): the same expected
+            step with the `rho ∇²f u` noise term cancelled exactly, at the
+            cost of a third gradient evaluation. Defaults to False (the
+            paper's rule).
         perturbation_sync: `"global"` (default) or `"replica"`; see
             `keras_flat.algorithms.Algorithm`.
 
@@ -45,6 +51,7 @@ class RandomSmoothing(PerturbationAlgorithm):
         tolerance=None,
         perturbed_lr_scale=1.0,
         project=True,
+        antithetic=False,
         perturbation_sync="global",
     ):
         super().__init__(
@@ -54,9 +61,18 @@ class RandomSmoothing(PerturbationAlgorithm):
             project=project,
             perturbation_sync=perturbation_sync,
         )
+        self.antithetic = check_bool("antithetic", antithetic)
 
     def perturbation(self, oracle, grads, direction, state, reduced):
         seed = oracle.seed("sphere", self.perturbation_sync)
         offset = vector.sphere_like(oracle.variables, seed, self.rho)
         _, h = oracle.gradient(offset=offset)
+        if self.antithetic:
+            _, behind = oracle.gradient(offset=vector.scale(offset, -1.0))
+            h = vector.scale(vector.add(h, behind), 0.5)
         return h
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(antithetic=self.antithetic)
+        return config

@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from keras_flat import vector
 from keras_flat.algorithms.base import PerturbationAlgorithm
+from keras_flat.algorithms.base import check_bool
 from keras_flat.algorithms.base import check_number
 
 # Below this norm a per-example gradient counts as zero and the direction
@@ -49,6 +50,18 @@ class SharpnessAware(PerturbationAlgorithm):
         jitter: Norm of the random offset used when the examples' gradient
             is zero, a finite number >= 0. `None` (default) means
             `1e-3 * rho`.
+        center: Subtract the examples' gradient at `w` (already computed
+            for the direction) from `h`. The expected step is unchanged (its
+            mean is projected out with the clean gradient), but the
+            per-example gradient noise that `h` carries away from
+            interpolation is removed, which keeps SA stable at larger
+            learning rates. Defaults to False (the paper's rule).
+        antithetic: Evaluate `h` at both `w + rho*s` and `w - rho*s` and
+            average, instead of at one random sign. The expectation over
+            the sign is the same, but the `±rho ∇²f_i s` term, which is
+            pure noise unless `s` is parallel to the clean gradient,
+            cancels exactly. Costs one more gradient on `examples`
+            examples. Defaults to False (the paper's rule).
         perturbation_sync: `"global"` (default) or `"replica"`; see
             `keras_flat.algorithms.Algorithm`.
 
@@ -66,6 +79,8 @@ class SharpnessAware(PerturbationAlgorithm):
         project=True,
         examples=1,
         jitter=None,
+        center=False,
+        antithetic=False,
         perturbation_sync="global",
     ):
         super().__init__(
@@ -79,6 +94,8 @@ class SharpnessAware(PerturbationAlgorithm):
         self.jitter = (
             None if jitter is None else check_number("jitter", jitter, minimum=0.0)
         )
+        self.center = check_bool("center", center)
+        self.antithetic = check_bool("antithetic", antithetic)
 
     @property
     def jitter_radius(self):
@@ -104,17 +121,27 @@ class SharpnessAware(PerturbationAlgorithm):
         example_grads = tf.cond(
             local_norm > _ZERO_NORM, lambda: example_grads, jittered
         )
-        return subset, list(example_grads)
+        return (subset, example_grads), list(example_grads)
 
     def perturbation(self, oracle, grads, direction, state, reduced):
-        subset = state
+        subset, example_grads = state
         s, _ = vector.unit(reduced)
-        sign = vector.random_sign(oracle.seed("sign", self.perturbation_sync))
-        offset = vector.scale(s, sign * self.rho)
-        _, h = oracle.gradient(offset=offset, subset=subset)
+        if self.antithetic:
+            _, ahead = oracle.gradient(offset=vector.scale(s, self.rho), subset=subset)
+            _, behind = oracle.gradient(offset=vector.scale(s, -self.rho), subset=subset)
+            h = vector.scale(vector.add(ahead, behind), 0.5)
+        else:
+            sign = vector.random_sign(oracle.seed("sign", self.perturbation_sync))
+            offset = vector.scale(s, sign * self.rho)
+            _, h = oracle.gradient(offset=offset, subset=subset)
+        if self.center:
+            h = vector.add(h, example_grads, -1.0)
         return h
 
     def get_config(self):
         config = super().get_config()
-        config.update(examples=self.examples, jitter=self.jitter)
+        config.update(
+            examples=self.examples, jitter=self.jitter, center=self.center,
+            antithetic=self.antithetic,
+        )
         return config

@@ -1,0 +1,237 @@
+"""Compare plain training, SAM and the paper's algorithms on one model.
+
+This is what `keras-flat demo` runs: the same model, initial weights, data,
+optimizer and number of epochs for every algorithm; the Hessian trace and
+top eigenvalue measured every epoch on a fixed probe set; a table of the
+minima each algorithm found and a plot of trace and test accuracy per epoch.
+"""
+
+import dataclasses
+import os
+import time
+
+import keras
+import numpy as np
+
+from keras_flat import algorithms
+from keras_flat import callbacks as flat_callbacks
+from keras_flat import datasets
+from keras_flat.model import FlatMinimaModel
+
+DEFAULT_RHO = {"none": None, "sam": 0.05, "asam": 0.5, "rs": 2.0, "sa": 0.1}
+NAMES = {"none": "plain SGD", "sam": "SAM", "asam": "ASAM", "rs": "RS (Alg. 1)",
+         "sa": "SA (Alg. 2)"}
+LOSSES = ("mse", "crossentropy")
+
+
+@dataclasses.dataclass
+class RunResult:
+    """One algorithm's run: final numbers and per-epoch history."""
+
+    algorithm: str
+    seed: int
+    train_accuracy: float
+    test_accuracy: float
+    train_loss: float
+    hessian_trace: float
+    hessian_trace_stderr: float
+    top_eigenvalue: float
+    ms_per_step: float
+    history: dict
+
+
+class StepTimer(keras.callbacks.Callback):
+    """Accumulates wall time spent inside training batches (not callbacks)."""
+
+    def on_train_begin(self, logs=None):
+        self.seconds, self.steps = 0.0, 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seconds += time.perf_counter() - self._start
+        self.steps += 1
+
+
+def build_mlp(input_shape, num_classes, hidden=64, seed=0):
+    """The demo's model: Flatten, one tanh hidden layer, linear logits."""
+    return keras.Sequential([
+        keras.Input(input_shape),
+        keras.layers.Flatten(),
+        keras.layers.Dense(hidden, activation="tanh",
+                           kernel_initializer=keras.initializers.GlorotUniform(seed)),
+        keras.layers.Dense(num_classes,
+                           kernel_initializer=keras.initializers.GlorotUniform(seed + 1)),
+    ])
+
+
+def make_algorithm(name, rho=None, sa_paper_rule=False, **kwargs):
+    """An algorithm by short name, with the demo's default radius.
+
+    SA is centered and antithetic unless `sa_paper_rule`: with mini-batches
+    far from interpolation, the paper's single-example rule adds that
+    example's gradient and a `±rho ∇²f_i s` kick to every step, noise that
+    costs accuracy at practical learning rates; both options keep the
+    expected step and remove that noise.
+    """
+    if name == "none":
+        return algorithms.NoPerturbation()
+    rho = DEFAULT_RHO[name] if rho is None else rho
+    if name == "sa" and not sa_paper_rule:
+        kwargs = {"center": True, "antithetic": True, **kwargs}
+    return algorithms.get(name, rho=rho, **kwargs)
+
+
+def _loss_and_targets(loss, data):
+    """The compiled loss, accuracy metric and (train, test) targets."""
+    if loss == "mse":
+        # Squared loss on one-hot targets: interpolating minima exist, as in
+        # the paper's setting, so the trace measures flatness, not margins.
+        eye = np.eye(data.num_classes, dtype="float32")
+        return ("mse", keras.metrics.CategoricalAccuracy(name="accuracy"),
+                eye[data.y_train], eye[data.y_test])
+    if loss == "crossentropy":
+        return (keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+                data.y_train, data.y_test)
+    raise ValueError(f"Argument `loss` must be one of {list(LOSSES)}. Received: loss={loss!r}.")
+
+
+def run_one(data, algorithm, epochs, batch_size, learning_rate, seed, probe_size=256,
+            num_probes=16, hidden=64, verbose=1, initial_weights=None, model_fn=None,
+            loss="mse", momentum=0.9):
+    """Trains one model with one algorithm and measures its flatness per epoch."""
+    keras.utils.set_random_seed(seed)
+    build = model_fn or (lambda: build_mlp(data.input_shape, data.num_classes, hidden, seed))
+    inner = build()
+    if initial_weights is not None:
+        inner.set_weights(initial_weights)
+    model = FlatMinimaModel(inner, algorithm, seed=seed)
+    loss_fn, metric, y_train, y_test = _loss_and_targets(loss, data)
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate, momentum=momentum),
+        loss=loss_fn, metrics=[metric],
+    )
+    probe = (data.x_train[:probe_size], y_train[:probe_size])
+    trace = flat_callbacks.HessianTrace(probe, num_probes=num_probes, batch_size=probe_size,
+                                        num_batches=1, seed=seed)
+    top = flat_callbacks.TopEigenvalue(probe, k=1, batch_size=probe_size, num_batches=1,
+                                       max_iterations=40, seed=seed)
+    timer = StepTimer()
+    history = model.fit(
+        data.x_train, y_train, batch_size=batch_size, epochs=epochs,
+        validation_data=(data.x_test, y_test), callbacks=[trace, top, timer],
+        verbose=verbose,
+    ).history
+    train = model.evaluate(data.x_train, y_train, verbose=0, return_dict=True)
+    test = model.evaluate(data.x_test, y_test, verbose=0, return_dict=True)
+    return RunResult(
+        algorithm=display_name(algorithm), seed=seed, train_accuracy=train["accuracy"],
+        test_accuracy=test["accuracy"], train_loss=train["loss"],
+        hessian_trace=history["hessian_trace"][-1],
+        hessian_trace_stderr=history["hessian_trace_stderr"][-1],
+        top_eigenvalue=history["top_eigenvalue"][-1],
+        ms_per_step=1000 * timer.seconds / max(timer.steps, 1),
+        history=history,
+    )
+
+
+def display_name(algorithm):
+    """A table label: the algorithm, its radius and any non-paper options."""
+    short = {algorithms.NoPerturbation: "none", algorithms.RandomSmoothing: "rs",
+             algorithms.SharpnessAware: "sa", algorithms.SAM: "sam", algorithms.ASAM: "asam"}
+    name = NAMES.get(short.get(type(algorithm)), type(algorithm).__name__)
+    extras = []
+    if getattr(algorithm, "rho", None) is not None:
+        extras.append(f"ρ={algorithm.rho:g}")
+    for option in ("center", "antithetic"):
+        if getattr(algorithm, option, False):
+            extras.append(option)
+    return f"{name}, {', '.join(extras)}" if extras else name
+
+
+def compare(dataset="digits", names=("none", "sam", "rs", "sa"), epochs=30, batch_size=32,
+            learning_rate=0.05, seeds=(0,), rhos=None, num_probes=16, probe_size=256,
+            hidden=64, verbose=1, log=print, loss="mse", sa_paper_rule=False):
+    """Runs every algorithm under the same budget, for every seed.
+
+    Returns:
+        A list of `RunResult`, seed-major.
+    """
+    data = dataset if isinstance(dataset, datasets.Dataset) else datasets.load(dataset)
+    rhos = dict(rhos or {})
+    results = []
+    for seed in seeds:
+        for name in names:
+            log(f"--- {NAMES.get(name, name)}, seed {seed} ---")
+            algorithm = make_algorithm(name, rhos.get(name), sa_paper_rule=sa_paper_rule)
+            results.append(run_one(data, algorithm, epochs, batch_size, learning_rate, seed,
+                                   probe_size, num_probes, hidden, verbose, loss=loss))
+    return results
+
+
+def summary_rows(results):
+    """Mean and spread (sample std) per algorithm, as dict rows."""
+    rows = []
+    order = list(dict.fromkeys(r.algorithm for r in results))
+    fields = ("train_accuracy", "test_accuracy", "hessian_trace", "top_eigenvalue",
+              "ms_per_step")
+    for name in order:
+        runs = [r for r in results if r.algorithm == name]
+        row = {"algorithm": name, "runs": len(runs)}
+        for f in fields:
+            values = np.array([getattr(r, f) for r in runs], np.float64)
+            row[f] = float(values.mean())
+            row[f + "_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        rows.append(row)
+    return rows
+
+
+def format_table(rows):
+    """A Markdown table of `summary_rows` output."""
+    spread = any(r["runs"] > 1 for r in rows)
+
+    def cell(row, f, digits):
+        text = f"{row[f]:.{digits}f}"
+        return f"{text} ± {row[f + '_std']:.{digits}f}" if spread else text
+
+    lines = ["| algorithm | train acc | test acc | Hessian trace | top eigenvalue | ms/step |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['algorithm']} | {cell(r, 'train_accuracy', 4)} | {cell(r, 'test_accuracy', 4)} "
+            f"| {cell(r, 'hessian_trace', 2)} | {cell(r, 'top_eigenvalue', 3)} "
+            f"| {cell(r, 'ms_per_step', 2)} |")
+    return "\n".join(lines)
+
+
+def plot(results, path, title="keras-flat demo"):
+    """Writes a PNG: Hessian trace and test accuracy per epoch, per algorithm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for name in dict.fromkeys(r.algorithm for r in results):
+        runs = [r for r in results if r.algorithm == name]
+        traces = np.array([r.history["hessian_trace"] for r in runs])
+        accuracy = np.array([r.history["val_accuracy"] for r in runs])
+        epochs = np.arange(1, traces.shape[1] + 1)
+        line, = left.plot(epochs, traces.mean(0), label=name)
+        right.plot(epochs, accuracy.mean(0), color=line.get_color(), label=name)
+        if len(runs) > 1:
+            left.fill_between(epochs, traces.min(0), traces.max(0), color=line.get_color(), alpha=0.2)
+            right.fill_between(epochs, accuracy.min(0), accuracy.max(0), color=line.get_color(),
+                               alpha=0.2)
+    left.set(xlabel="epoch", ylabel="Hessian trace (Hutchinson)", ylim=(0, None),
+             title="Sharpness: tr ∇²L on the probe set")
+    right.set(xlabel="epoch", ylabel="test accuracy", title="Generalisation")
+    left.legend(fontsize="small")
+    fig.suptitle(title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

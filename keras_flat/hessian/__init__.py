@@ -1,0 +1,308 @@
+"""Hessian measurements for any Keras 3 model: products, trace, spectrum.
+
+All functions differentiate the training loss (`model.compute_loss`, i.e.
+the compiled loss plus regularization losses, or `loss=` for an uncompiled
+model) with respect to `model.trainable_variables`, averaged over `data`.
+BatchNorm runs in inference mode unless `training=True`, and no variable is
+ever changed.
+
+- `hvp`: Hessian-vector products (forward-over-backward or double backward).
+- `hessian_trace`: Hutchinson or Hutch++ estimate with standard error.
+- `top_eigenvalues`: Lanczos or power iteration, warm-startable.
+- `spectral_density`: stochastic Lanczos quadrature.
+- `exact_hessian`: the dense Hessian of a small model, for checks.
+
+For repeated measurements on the same model and data, build one
+`HessianOperator` and pass it as `model` (its compiled functions are then
+traced once).
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from keras_flat import vector
+from keras_flat.hessian.density import SpectralDensity
+from keras_flat.hessian.density import smooth
+from keras_flat.hessian.density import stochastic_lanczos_quadrature
+from keras_flat.hessian.eigen import EIGEN_METHODS
+from keras_flat.hessian.eigen import EigenResult
+from keras_flat.hessian.eigen import lanczos_top
+from keras_flat.hessian.eigen import power_top
+from keras_flat.hessian.operator import HVP_METHODS
+from keras_flat.hessian.operator import HessianOperator
+from keras_flat.hessian.operator import check_model
+from keras_flat.hessian.trace import TRACE_METHODS
+from keras_flat.hessian.trace import TraceEstimate
+from keras_flat.hessian.trace import hutch_plus_plus
+from keras_flat.hessian.trace import hutchinson
+
+_OPERATOR_ARGS = ("loss", "training", "method", "batch_size", "num_batches", "jit_compile")
+
+
+def operator_for(model, data=None, **kwargs):
+    """Returns a `HessianOperator` (or `model` itself if it already is one)."""
+    if isinstance(model, HessianOperator):
+        if data is not None:
+            raise ValueError(
+                "Pass either a HessianOperator or a model with `data`, not both."
+            )
+        return model
+    if data is None:
+        raise ValueError("Argument `data` is required when `model` is a keras.Model.")
+    return HessianOperator(model, data, **kwargs)
+
+
+def hvp(model, data, vectors, *, loss=None, training=False, method="auto",
+        batch_size=None, num_batches=None):
+    """Hessian-vector product of the training loss, averaged over `data`.
+
+    Args:
+        model: A built Keras model (or a `HessianOperator`, with `data=None`).
+        data: A batch `(x, y[, sample_weight])`, a batched `tf.data.Dataset`
+            or a list of batches; see `keras_flat.batches.as_batches`.
+        vectors: A list of tensors shaped like `model.trainable_variables`,
+            or one flat vector of their total size.
+        loss: Loss callable for an uncompiled model.
+        training: Layers in training mode (BatchNorm batch statistics).
+        method: `"forward_over_backward"`, `"double_backward"` or `"auto"`.
+        batch_size: Split array data into batches of this size.
+        num_batches: Use at most this many batches.
+
+    Returns:
+        H·v in the form of `vectors` (a list of tensors, or a flat tensor).
+
+    Example:
+
+    ```python
+    v = [tf.ones_like(w) for w in model.trainable_variables]
+    hv = keras_flat.hessian.hvp(model, (x, y), v)
+    ```
+    """
+    op = operator_for(model, data, loss=loss, training=training, method=method,
+                      batch_size=batch_size, num_batches=num_batches)
+    if isinstance(vectors, (list, tuple)):
+        if len(vectors) != len(op.variables):
+            raise ValueError(
+                f"Argument `vectors` must hold {len(op.variables)} tensors (one "
+                f"per trainable variable). Received {len(vectors)}."
+            )
+        return list(op.matvec(vectors))
+    flat = tf.convert_to_tensor(vectors)
+    if flat.shape.rank != 1 or flat.shape[0] != op.dimension:
+        raise ValueError(
+            f"Argument `vectors` must be a list of tensors or a flat vector of "
+            f"length {op.dimension}. Received shape {flat.shape}."
+        )
+    return op.matvec_flat(flat)
+
+
+def hessian_trace(model, data=None, num_probes=32, method="hutchinson", seed=0,
+                  **operator_kwargs):
+    """Estimates tr(∇²L) with Rademacher probes, all in one compiled call.
+
+    Args:
+        model: A built Keras model, or a `HessianOperator` (then `data=None`).
+        data: The measurement data (see `hvp`).
+        num_probes: Hessian-vector products to spend, >= 1 (>= 3 for
+            `"hutch++"`).
+        method: `"hutchinson"` or `"hutch++"` (better when a few eigenvalues
+            dominate the trace).
+        seed: Integer seed of the probes.
+        **operator_kwargs: `loss`, `training`, `method` of the products is
+            `hvp_method` here, `batch_size`, `num_batches`, `jit_compile`.
+
+    Returns:
+        A `TraceEstimate` (`value`, `stderr`, `samples`, `normalized`...).
+
+    Example:
+
+    ```python
+    est = keras_flat.hessian.hessian_trace(model, (x, y), num_probes=64)
+    print(f"{est.value:.3f} ± {est.stderr:.3f}")
+    ```
+    """
+    _check_count("num_probes", num_probes, 3 if method == "hutch++" else 1)
+    if method not in TRACE_METHODS:
+        raise ValueError(
+            f"Argument `method` must be one of {list(TRACE_METHODS)}. "
+            f"Received: method={method!r}."
+        )
+    op = operator_for(model, data, **_operator_kwargs(operator_kwargs))
+    seed = _seed(seed)
+    if method == "hutchinson":
+        return hutchinson(op, num_probes, seed)
+    return hutch_plus_plus(op, num_probes, seed)
+
+
+def top_eigenvalues(model, data=None, k=1, method="lanczos", max_iterations=100,
+                    tol=1e-4, initial_vectors=None, seed=0, **operator_kwargs):
+    """The k largest Hessian eigenvalues and their eigenvectors.
+
+    Args:
+        model: A built Keras model, or a `HessianOperator` (then `data=None`).
+        data: The measurement data (see `hvp`).
+        k: How many eigenvalues, >= 1.
+        method: `"lanczos"` (default; the k algebraically largest, with full
+            reorthogonalisation) or `"power"` (subspace iteration; the k
+            largest in magnitude, as PyHessian reports).
+        max_iterations: Budget of Hessian-vector products.
+        tol: Relative accuracy: Lanczos stops when every Ritz pair's
+            residual is at most `tol * |value|`; power iteration when no
+            value changes by more than `tol` relatively.
+        initial_vectors: Optional `(j, d)` array (e.g. the `vectors` of a
+            previous result) to warm-start from.
+        seed: Integer seed of the random start.
+        **operator_kwargs: See `hessian_trace`.
+
+    Returns:
+        An `EigenResult` (`values`, `vectors`, `iterations`, `converged`).
+
+    Example:
+
+    ```python
+    first = keras_flat.hessian.top_eigenvalues(model, (x, y), k=2)
+    later = keras_flat.hessian.top_eigenvalues(model, (x, y), k=2,
+                                               initial_vectors=first.vectors)
+    ```
+    """
+    _check_count("k", k, 1)
+    _check_count("max_iterations", max_iterations, 1)
+    if method not in EIGEN_METHODS:
+        raise ValueError(
+            f"Argument `method` must be one of {list(EIGEN_METHODS)}. "
+            f"Received: method={method!r}."
+        )
+    op = operator_for(model, data, **_operator_kwargs(operator_kwargs))
+    if k > op.dimension:
+        raise ValueError(
+            f"Argument `k` must be at most the number of parameters "
+            f"({op.dimension}). Received: k={k}."
+        )
+    matvec = lambda v: op.matvec_flat(v).numpy()  # noqa: E731
+    random = np.random.default_rng(seed).normal(size=(k, op.dimension))
+    start = random
+    if initial_vectors is not None:
+        warm = np.asarray(initial_vectors, np.float64).reshape(-1, op.dimension)
+        start = random * 1e-3 * np.linalg.norm(warm) / np.linalg.norm(random)
+        start[: min(k, len(warm))] += warm[:k]
+    if method == "lanczos":
+        values, vectors, used, converged = lanczos_top(
+            matvec, op.dimension, k, max_iterations, tol, start.sum(axis=0))
+    else:
+        values, vectors, used, converged = power_top(
+            matvec, k, max(max_iterations, k), tol, start)
+    return EigenResult(values=np.asarray(values), vectors=np.asarray(vectors),
+                       iterations=used, converged=converged)
+
+
+def spectral_density(model, data=None, num_probes=4, num_steps=40, grid_size=512,
+                     sigma=None, seed=0, **operator_kwargs):
+    """Hessian eigenvalue density by stochastic Lanczos quadrature (SLQ).
+
+    Args:
+        model: A built Keras model, or a `HessianOperator` (then `data=None`).
+        data: The measurement data (see `hvp`).
+        num_probes: Random probes (independent Lanczos runs), >= 1.
+        num_steps: Lanczos steps per probe, >= 1 (the quadrature's nodes).
+        grid_size: Points of the returned grid, >= 2.
+        sigma: Gaussian smoothing width; default 1% of the spectral range.
+        seed: Integer seed of the probes.
+        **operator_kwargs: See `hessian_trace`.
+
+    Returns:
+        A `SpectralDensity` (`grid`, `density`, `nodes`, `weights`, `sigma`).
+    """
+    _check_count("num_probes", num_probes, 1)
+    _check_count("num_steps", num_steps, 1)
+    _check_count("grid_size", grid_size, 2)
+    op = operator_for(model, data, **_operator_kwargs(operator_kwargs))
+    starts = np.random.default_rng(seed).choice([-1.0, 1.0], size=(num_probes, op.dimension))
+    nodes, weights = stochastic_lanczos_quadrature(
+        lambda v: op.matvec_flat(v).numpy(), op.dimension, num_probes, num_steps, starts)
+    grid, density, sigma = smooth(nodes, weights, grid_size, sigma)
+    return SpectralDensity(grid=grid, density=density, nodes=nodes, weights=weights,
+                           sigma=sigma)
+
+
+def exact_hessian(model, data=None, max_parameters=5000, **operator_kwargs):
+    """The dense Hessian of a small model, as a float64 NumPy array.
+
+    Computed as the Jacobian of the flattened gradient (a different path
+    from the Hessian-vector products), for tests and small experiments.
+
+    Args:
+        model: A built Keras model, or a `HessianOperator` (then `data=None`).
+        data: The measurement data (see `hvp`).
+        max_parameters: Refuse models with more parameters than this.
+        **operator_kwargs: See `hessian_trace`.
+
+    Returns:
+        A `(d, d)` array in the flattened order of `model.trainable_variables`.
+    """
+    op = operator_for(model, data, **_operator_kwargs(operator_kwargs))
+    if op.dimension > max_parameters:
+        raise ValueError(
+            f"exact_hessian builds a {op.dimension}x{op.dimension} matrix; the "
+            f"model has more than max_parameters={max_parameters} parameters."
+        )
+
+    @tf.function
+    def jacobian(x, y, sw):
+        with tf.GradientTape() as outer:
+            with tf.GradientTape() as inner:
+                loss = op.batch_loss(x, y, sw)
+            grads = inner.gradient(loss, op.variables,
+                                   unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            flat = vector.flatten(grads)
+        blocks = outer.jacobian(flat, op.variables,
+                                unconnected_gradients=tf.UnconnectedGradients.ZERO,
+                                experimental_use_pfor=False)
+        return tf.concat([tf.reshape(b, [op.dimension, -1]) for b in blocks], axis=1)
+
+    total = np.zeros((op.dimension, op.dimension))
+    for weight, batch in zip(op.batch_weights, op.batches):
+        total += weight * np.asarray(jacobian(*batch), np.float64)
+    return (total + total.T) / 2
+
+
+def _operator_kwargs(kwargs):
+    kwargs = dict(kwargs)
+    if "hvp_method" in kwargs:
+        kwargs["method"] = kwargs.pop("hvp_method")
+    unknown = set(kwargs) - set(_OPERATOR_ARGS)
+    if unknown:
+        raise TypeError(
+            f"Unknown arguments {sorted(unknown)}; the operator accepts "
+            f"{sorted(set(_OPERATOR_ARGS) - {'method'} | {'hvp_method'})}."
+        )
+    return kwargs
+
+
+def _check_count(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(
+            f"Argument `{name}` must be an integer >= {minimum}. "
+            f"Received: {name}={value!r}."
+        )
+
+
+def _seed(seed):
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"Argument `seed` must be an integer. Received: seed={seed!r}.")
+    return tf.constant([int(seed), 0], tf.int64)
+
+
+__all__ = [
+    "HessianOperator",
+    "TraceEstimate",
+    "EigenResult",
+    "SpectralDensity",
+    "hvp",
+    "hessian_trace",
+    "top_eigenvalues",
+    "spectral_density",
+    "exact_hessian",
+    "HVP_METHODS",
+    "TRACE_METHODS",
+    "EIGEN_METHODS",
+]

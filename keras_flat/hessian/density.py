@@ -1,0 +1,85 @@
+"""Spectral density of the Hessian by stochastic Lanczos quadrature."""
+
+import dataclasses
+
+import numpy as np
+
+from keras_flat.hessian.eigen import Lanczos
+
+
+@dataclasses.dataclass
+class SpectralDensity:
+    """An estimate of the Hessian's eigenvalue density.
+
+    Attributes:
+        grid: Eigenvalue grid, a NumPy array.
+        density: Density on the grid (integrates to 1 over it).
+        nodes: Quadrature nodes (Ritz values), one row per probe.
+        weights: Quadrature weights (each row sums to 1), one row per probe.
+        sigma: Width of the Gaussian kernel that smooths the nodes.
+
+    Example:
+
+    ```python
+    import matplotlib.pyplot as plt
+    plt.semilogy(result.grid, result.density + 1e-8)
+    ```
+    """
+
+    grid: np.ndarray
+    density: np.ndarray
+    nodes: np.ndarray
+    weights: np.ndarray
+    sigma: float
+
+    def mean(self):
+        """The mean eigenvalue of the estimated spectrum, tr(H)/d."""
+        return float(np.mean(np.sum(self.nodes * self.weights, axis=1)))
+
+
+def stochastic_lanczos_quadrature(matvec, dimension, num_probes, steps, start_vectors):
+    """Nodes and weights of Gauss quadrature for the spectral measure.
+
+    For a unit probe v, `vᵀ f(H) v ≈ Σ_j w_j f(θ_j)` with θ_j the Ritz values
+    of `steps` Lanczos steps from v and w_j the squared first components of
+    the tridiagonal's eigenvectors; averaged over random probes this
+    estimates `tr f(H) / d`.
+
+    Returns:
+        `(nodes, weights)`, arrays of shape `(num_probes, steps)` (rows of
+        probes whose Krylov space ended early are padded with zero weights).
+    """
+    steps = min(steps, dimension)
+    nodes = np.zeros((num_probes, steps))
+    weights = np.zeros((num_probes, steps))
+    for p in range(num_probes):
+        run = Lanczos(matvec, start_vectors[p])
+        while len(run.alpha) < steps and not run.exhausted:
+            run.step()
+        m = len(run.alpha)
+        off = run.beta[: m - 1]
+        t = np.diag(run.alpha) + np.diag(off, 1) + np.diag(off, -1)
+        values, s = np.linalg.eigh(t)
+        nodes[p, :m] = values
+        weights[p, :m] = s[0, :] ** 2 / np.sum(s[0, :] ** 2)
+        if m < steps:
+            nodes[p, m:] = values[-1]
+    return nodes, weights
+
+
+def _trapezoid(y, x):
+    integrate = getattr(np, "trapezoid", None) or np.trapz
+    return float(integrate(y, x))
+
+
+def smooth(nodes, weights, grid_size, sigma=None, padding=6.0):
+    """Gaussian-smoothed density of weighted nodes on an even grid."""
+    low, high = float(np.min(nodes)), float(np.max(nodes))
+    if sigma is None:
+        sigma = max(0.01 * (high - low), 1e-6 * max(abs(low), abs(high), 1.0))
+    grid = np.linspace(low - padding * sigma, high + padding * sigma, grid_size)
+    flat_nodes, flat_weights = nodes.ravel(), weights.ravel() / nodes.shape[0]
+    kernel = np.exp(-0.5 * ((grid[:, None] - flat_nodes[None, :]) / sigma) ** 2)
+    density = kernel @ flat_weights / (sigma * np.sqrt(2 * np.pi))
+    density = density / _trapezoid(density, grid)
+    return grid, density, sigma

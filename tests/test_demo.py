@@ -1,0 +1,76 @@
+"""The `keras-flat demo` main job and the offline datasets."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from keras_flat import cli
+from keras_flat import datasets
+
+
+def test_digits_loads_offline_with_a_stratified_split():
+    data = datasets.load("digits", seed=0)
+    assert data.x_train.shape == (1347, 64) and data.x_test.shape == (450, 64)
+    assert data.num_classes == 10 and data.input_shape == (64,)
+    assert 0.0 <= data.x_train.min() and data.x_train.max() <= 1.0
+    counts = np.bincount(data.y_test, minlength=10)
+    assert counts.min() >= 43 and counts.max() <= 47  # ~25% of each class.
+    images = datasets.load("digits", image_shape=True, limit=100)
+    assert images.x_train.shape == (100, 8, 8, 1)
+    with pytest.raises(ValueError, match=r"`test_fraction`.*1.5"):
+        datasets.load("digits", test_fraction=1.5)
+
+
+def test_tfds_names_go_through_tensorflow_datasets():
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=12):
+        data = datasets.load("mnist")
+    assert data.x_train.shape == (12, 784) and data.num_classes == 10
+    assert data.x_train.dtype == np.float32 and data.x_train.max() <= 1.0
+
+
+def test_demo_runs_end_to_end_and_shows_the_flattening(tmp_path, capsys):
+    out = os.path.join(tmp_path, "demo")
+    code = cli.main(["demo", "--epochs", "3", "--probes", "8", "--probe-examples", "128",
+                     "--quiet", "--output-dir", out])
+    assert code == 0
+    printed = capsys.readouterr().out
+    with open(os.path.join(out, "results.md")) as f:
+        table = f.read()
+    for label in ("plain SGD", "SAM", "RS (Alg. 1)", "SA (Alg. 2)"):
+        assert label in table and label in printed
+    with open(os.path.join(out, "plot.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    with open(os.path.join(out, "results.json")) as f:
+        results = json.load(f)
+    runs = {r["algorithm"].split(",")[0]: r for r in results["runs"]}
+    assert set(runs) == {"plain SGD", "SAM", "RS (Alg. 1)", "SA (Alg. 2)"}
+    for run in runs.values():
+        history = run["history"]
+        assert len(history["hessian_trace"]) == 3 and len(history["top_eigenvalue"]) == 3
+        assert run["hessian_trace"] == history["hessian_trace"][-1]
+        assert 0.5 < run["train_accuracy"] <= 1.0 and run["ms_per_step"] > 0
+    # After three epochs every flat-minima method is already flatter than
+    # plain SGD on the same initial weights and data.
+    plain = runs["plain SGD"]["hessian_trace"]
+    for name in ("SAM", "RS (Alg. 1)", "SA (Alg. 2)"):
+        assert runs[name]["hessian_trace"] < 0.9 * plain, name
+
+
+def test_demo_help_explains_every_option():
+    result = subprocess.run([sys.executable, "-m", "keras_flat.cli", "demo", "--help"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    for option in ("--dataset", "--algorithms", "--epochs", "--batch-size", "--learning-rate",
+                   "--hidden", "--loss", "--sam-rho", "--rs-rho", "--sa-rho", "--asam-rho",
+                   "--sa-paper-rule", "--probes", "--probe-examples", "--output-dir",
+                   "--no-plot", "--quiet", "--seed"):
+        assert option in result.stdout
+    bad = subprocess.run([sys.executable, "-m", "keras_flat.cli", "demo", "--epochs", "0"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--epochs" in bad.stderr
