@@ -8,9 +8,22 @@ work.
 """
 
 from keras_flat import algorithms
+from keras_flat import callbacks
+from keras_flat import datasets
+from keras_flat import hessian
+from keras_flat import rng
 from keras_flat import vector
 from keras_flat.model import FlatMinimaModel
 
 __version__ = "0.1.0"
 
-__all__ = ["FlatMinimaModel", "algorithms", "vector", "__version__"]
+__all__ = [
+    "FlatMinimaModel",
+    "algorithms",
+    "callbacks",
+    "datasets",
+    "hessian",
+    "rng",
+    "vector",
+    "__version__",
+]

@@ -6,6 +6,8 @@ import keras
 import tensorflow as tf
 
 from keras_flat import algorithms as algorithms_module
+from keras_flat import guard
+from keras_flat.algorithms.base import check_choice
 from keras_flat.algorithms.base import check_number
 from keras_flat.oracle import GradientOracle
 from keras_flat.oracle import loss_scale
@@ -17,7 +19,7 @@ from keras_flat.oracle import unscale_gradients
 _MODEL_KWARGS = ("name", "trainable", "dtype")
 _SEED_KEY = "seed_generator_state"
 # Keys train_step logs that mean nothing for evaluate().
-TRAIN_ONLY_LOGS = ("grad_norm", "perturbed")
+TRAIN_ONLY_LOGS = ("grad_norm", "perturbed", "skipped_steps")
 
 
 @keras.saving.register_keras_serializable(package="keras_flat")
@@ -49,7 +51,8 @@ class FlatMinimaModel(keras.Model):
     Besides the loss and compiled metrics, each step logs `grad_norm` (the
     whole-model norm of the clean gradient) and `perturbed` (1 if the step
     took the perturbed branch, else 0); Keras averages both over the epoch,
-    so `perturbed` is the fraction of perturbed steps.
+    so `perturbed` is the fraction of perturbed steps. `skipped_steps`
+    counts the steps of the epoch skipped for a non-finite update.
 
     Args:
         model: The `keras.Model` to train (Sequential, functional or
@@ -61,6 +64,14 @@ class FlatMinimaModel(keras.Model):
             Sra, arXiv 2305.15659).
         seed: Integer >= 0 seeding the perturbations, or `None` for a random
             seed (recorded in the config).
+        on_nonfinite: What a step whose loss or update is NaN or Inf does.
+            `"skip"` (default): the update is not applied, weights, optimizer
+            state and BatchNorm statistics are left as they were, and the
+            step is counted in `logs["skipped_steps"]`. `"raise"`: the same,
+            then `fit` raises `FloatingPointError`. `"ignore"`: no check
+            (plain Keras behaviour, slightly faster). With mixed_float16,
+            the `LossScaleOptimizer` skips such steps itself (and lowers its
+            loss scale); `"skip"` makes that decision agree on all replicas.
         **kwargs: Arguments of the algorithm when `algorithm` is a name
             (e.g. `rho=0.1, tolerance=1e-3`), plus `name` and `trainable`
             of the model.
@@ -77,8 +88,9 @@ class FlatMinimaModel(keras.Model):
     ```
     """
 
-    def __init__(self, model, algorithm="rs", *, seed=None, **kwargs):
+    def __init__(self, model, algorithm="rs", *, seed=None, on_nonfinite="skip", **kwargs):
         model_kwargs = {k: kwargs.pop(k) for k in _MODEL_KWARGS if k in kwargs}
+        on_nonfinite = check_choice("on_nonfinite", on_nonfinite, guard.ON_NONFINITE)
         if not isinstance(model, keras.Model):
             raise TypeError(
                 "Argument `model` must be a keras.Model (Sequential, "
@@ -96,8 +108,11 @@ class FlatMinimaModel(keras.Model):
         self.seed_generator = keras.random.SeedGenerator(
             seed, name="perturbation_seed"
         )
+        self.on_nonfinite = on_nonfinite
         self.grad_norm_tracker = keras.metrics.Mean(name="grad_norm")
         self.perturbed_tracker = keras.metrics.Mean(name="perturbed")
+        if on_nonfinite != "ignore":
+            self.skipped_tracker = keras.metrics.Sum(name="skipped_steps")
         if model.built:
             self.built = True
 
@@ -107,6 +122,10 @@ class FlatMinimaModel(keras.Model):
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         scale = loss_scale(self.optimizer)
+        protect = self.on_nonfinite != "ignore"
+        if protect:  # BatchNorm statistics change in the forward pass.
+            layer_guard = guard.StepGuard(self.inner.non_trainable_variables)
+            layer_state = layer_guard.snapshot()
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
             loss = self.compute_loss(
@@ -130,14 +149,75 @@ class FlatMinimaModel(keras.Model):
             update, grad_norm, perturbed = self.algorithm.compute_update(
                 oracle, grads
             )
+            if protect:
+                # Weights and optimizer state change only in apply; an unbuilt
+                # model has created its weights by now.
+                optimizer_guard = guard.StepGuard(self._optimizer_state(scale))
+                optimizer_state = optimizer_guard.snapshot()
+                bad = guard.nonfinite_anywhere(update, loss)
+                if scale is not None:  # The LossScaleOptimizer skips the step.
+                    update = guard.poison(update, bad)
+                else:
+                    update = guard.zero_if(update, bad)
             self.optimizer.apply(rescale_gradients(update, scale), variables)
+            if protect:
+                layer_guard.restore_if(bad, layer_state)
+                optimizer_guard.restore_if(bad, optimizer_state)
+                replicas = tf.distribute.get_strategy().num_replicas_in_sync
+                self.skipped_tracker.update_state(tf.cast(bad, tf.float32) / replicas)
             self.grad_norm_tracker.update_state(grad_norm)
             self.perturbed_tracker.update_state(perturbed)
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        return _reducible_across_workers(logs)
+
+    def _optimizer_state(self, scale):
+        """Weights and optimizer variables a skipped step must leave untouched."""
+        if scale is not None:  # A LossScaleOptimizer protects them itself.
+            return []
+        if not self.optimizer.built:
+            self.optimizer.build(self.trainable_variables)
+        slots = [v for v in self.optimizer.variables
+                 if not v.path.endswith("learning_rate")]  # apply never changes it.
+        return list(self.trainable_variables) + slots
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3.15 averages a distributed first batch with
+        # `strategy.reduce("MEAN", batch, axis=None)` to build the model, which
+        # fails under MultiWorkerMirroredStrategy with several workers. Only
+        # shapes matter here, so build from the first local replica's batch.
+        strategy = getattr(self, "_distribute_strategy", None)
+        if strategy is not None and iterator is not None and data_batch is None:
+            for _, _, batches in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda v: strategy.experimental_local_results(v)[0]
+                    if isinstance(v, tf.distribute.DistributedValues) else v,
+                    next(batches),
+                )
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def fit(self, *args, **kwargs):
+        if self.on_nonfinite == "raise":
+            if len(args) > 5:  # callbacks passed positionally
+                args = args[:5] + (_with_raise(args[5]),) + args[6:]
+            else:
+                kwargs["callbacks"] = _with_raise(kwargs.get("callbacks"))
+        return super().fit(*args, **kwargs)
+
+    def train_on_batch(self, *args, **kwargs):
+        logs = super().train_on_batch(*args, **{**kwargs, "return_dict": True})
+        if self.on_nonfinite == "raise":
+            RaiseOnNonFinite().on_train_batch_end(0, logs)
+        if kwargs.get("return_dict", False):
+            return logs
+        values = list(logs.values())
+        return values[0] if len(values) == 1 else values
 
     def test_step(self, data):
         logs = super().test_step(data)
-        return {k: v for k, v in logs.items() if k not in TRAIN_ONLY_LOGS}
+        logs = {k: v for k, v in logs.items() if k not in TRAIN_ONLY_LOGS}
+        return _reducible_across_workers(logs)
 
     def save_own_variables(self, store):
         super().save_own_variables(store)
@@ -158,6 +238,7 @@ class FlatMinimaModel(keras.Model):
             "model": keras.saving.serialize_keras_object(self.inner),
             "algorithm": algorithms_module.serialize(self.algorithm),
             "seed": self.seed,
+            "on_nonfinite": self.on_nonfinite,
         }
 
     @classmethod
@@ -170,6 +251,46 @@ class FlatMinimaModel(keras.Model):
             config.pop("algorithm", None), custom_objects=custom_objects
         )
         return cls(model, algorithm, **config)
+
+
+class RaiseOnNonFinite(keras.callbacks.Callback):
+    """Raises as soon as a step was skipped for a non-finite update.
+
+    Added to `fit` by `FlatMinimaModel(..., on_nonfinite="raise")`. The step
+    itself was skipped in graph (the weights are intact), then this raises.
+    """
+
+    def on_train_batch_end(self, batch, logs=None):
+        skipped = (logs or {}).get("skipped_steps", 0.0)
+        if skipped and skipped > 0:
+            raise FloatingPointError(
+                f"Training step {batch} produced a non-finite loss or update; it was "
+                "skipped and the weights are unchanged. FlatMinimaModel(on_nonfinite="
+                "'skip') skips such steps and counts them in logs['skipped_steps'] instead."
+            )
+
+
+def _with_raise(callbacks):
+    callbacks = list(callbacks or [])
+    if not any(isinstance(c, RaiseOnNonFinite) for c in callbacks):
+        callbacks.append(RaiseOnNonFinite())
+    return callbacks
+
+
+def _reducible_across_workers(logs):
+    """Gives scalar logs a length-1 axis under multi-worker collectives.
+
+    Keras 3.15 reduces step logs across several workers with
+    `strategy.reduce("MEAN", value, axis=0)`, which fails on scalars; with a
+    leading axis of one the same call averages the replicas' values into a
+    scalar. Elsewhere the logs are returned unchanged.
+    """
+    strategy = tf.distribute.get_strategy()
+    extended = getattr(strategy, "extended", None)
+    in_multi_worker = getattr(extended, "_in_multi_worker_mode", lambda: False)
+    if not (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and in_multi_worker()):
+        return logs
+    return {k: tf.reshape(v, [1]) if v.shape.rank == 0 else v for k, v in logs.items()}
 
 
 def _batch_size(x):

@@ -89,16 +89,39 @@ class GradientOracle:
         )
 
     def sample_subset(self, count, seed, sync="global"):
-        """Chooses `min(count, batch)` distinct examples of the batch at random.
+        """Chooses `min(count, batch)` distinct examples at random.
+
+        On one device, or in `"replica"` mode, each replica chooses among
+        its own examples. In `"global"` mode with several replicas, every
+        replica draws the same choice among the examples of the *global*
+        batch (replicas hold contiguous slices of it, in order); each
+        replica gathers the chosen examples it holds and gives the others
+        zero weight, so the contributions summed over replicas are exactly
+        the single-device subset gradient.
 
         Returns:
-            An int32 tensor of example indices, for `gradient(subset=...)`.
+            A `Subset` for `gradient(subset=...)`.
         """
-        del sync  # Each replica chooses from its own part of the batch.
         size = self.batch_size
-        keys = rng.uniform([size], seed)
-        order = tf.argsort(keys)
-        return order[: tf.minimum(tf.constant(count, tf.int32), size)]
+        count = tf.constant(count, tf.int32)
+        if sync != "global" or self.num_replicas == 1:
+            order = tf.argsort(rng.uniform([size], seed))
+            return Subset(order[: tf.minimum(count, size)])
+        context = tf.distribute.get_replica_context()
+        sizes = context.all_gather(tf.reshape(size, [1]), axis=0)
+        replica = context.replica_id_in_sync_group
+        offset = tf.reduce_sum(sizes[:replica])
+        total = tf.reduce_sum(sizes)
+        order = tf.argsort(rng.uniform([total], seed))
+        local = order[: tf.minimum(count, total)] - offset
+        held = tf.logical_and(local >= 0, local < size)
+        # Examples held elsewhere point at a zero row appended to the batch.
+        return Subset(
+            tf.where(held, local, size),
+            weight=tf.cast(held, tf.float32),
+            scale=float(self.num_replicas),
+            padded=True,
+        )
 
     def gradient(self, offset=None, subset=None):
         """Loss and gradient at `w + offset`, on the batch or a subset of it.
@@ -106,7 +129,7 @@ class GradientOracle:
         Args:
             offset: `None` or a list of tensors shaped like the trainable
                 variables.
-            subset: `None` or indices from `sample_subset`.
+            subset: `None` or a `Subset` from `sample_subset`.
 
         Returns:
             `(loss, grads)`: the scalar loss (this replica's contribution)
@@ -114,10 +137,7 @@ class GradientOracle:
         """
         x, y, sample_weight = self._x, self._y, self._sample_weight
         if subset is not None:
-            take = lambda t: None if t is None else tf.gather(t, subset)  # noqa: E731
-            x = tf.nest.map_structure(take, x)
-            y = tf.nest.map_structure(take, y)
-            sample_weight = tf.nest.map_structure(take, sample_weight)
+            x, y, sample_weight = subset.take(x, y, sample_weight)
         values = list(self.variables)
         if offset is not None:
             values = vector.add(values, offset)
@@ -131,6 +151,8 @@ class GradientOracle:
                     x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
                     training=True,
                 )
+            if subset is not None and subset.scale != 1.0:
+                loss = loss * tf.cast(subset.scale, loss.dtype)
             scaled = loss if self._scale is None else loss * tf.cast(
                 self._scale, loss.dtype
             )
@@ -139,6 +161,50 @@ class GradientOracle:
             tf.zeros_like(v) if g is None else g for g, v in zip(grads, values)
         ]
         return loss, unscale_gradients(grads, self._scale)
+
+
+class Subset:
+    """Examples of the batch an algorithm evaluates gradients on.
+
+    Args:
+        indices: int32 tensor of example indices.
+        weight: Optional float32 tensor, a per-index multiplier of the
+            sample weights (0 drops an example).
+        scale: Multiplier of the subset's loss.
+        padded: Whether `indices` may point one past the batch, at a zero
+            row appended by `take`.
+    """
+
+    def __init__(self, indices, weight=None, scale=1.0, padded=False):
+        self.indices = indices
+        self.weight = weight
+        self.scale = scale
+        self.padded = padded
+
+    def take(self, x, y, sample_weight):
+        """Gathers the subset of a batch; returns `(x, y, sample_weight)`."""
+
+        def gather(t):
+            if t is None:
+                return None
+            if self.padded:
+                t = tf.concat([t, tf.zeros_like(t[:1])], axis=0)
+            return tf.gather(t, self.indices)
+
+        x = tf.nest.map_structure(gather, x)
+        y = tf.nest.map_structure(gather, y)
+        sample_weight = tf.nest.map_structure(gather, sample_weight)
+        if self.weight is not None:
+            if sample_weight is None:
+                sample_weight = self.weight
+            else:
+                sample_weight = tf.nest.map_structure(self._weigh, sample_weight)
+        return x, y, sample_weight
+
+    def _weigh(self, weights):
+        mask = tf.cast(self.weight, weights.dtype)
+        rank = weights.shape.rank or 1
+        return weights * tf.reshape(mask, [-1] + [1] * (rank - 1))
 
 
 def loss_scale(optimizer):

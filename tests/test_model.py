@@ -103,7 +103,8 @@ def test_logs_report_clean_loss_gradient_norm_and_perturbed_fraction():
     loss, g = NumpyMLP().loss_and_grad(w, x, y)
     model = _compile(keras_flat.FlatMinimaModel(inner, "sam", rho=0.5), lr=0.1)
     history = model.fit(x, y, batch_size=16, epochs=1, verbose=0).history
-    assert set(history) == {"loss", "mae", "grad_norm", "perturbed"}
+    assert set(history) == {"loss", "mae", "grad_norm", "perturbed", "skipped_steps"}
+    assert history["skipped_steps"] == [0.0]
     assert history["loss"][0] == pytest.approx(loss, rel=1e-5)  # Clean, not perturbed.
     assert history["grad_norm"][0] == pytest.approx(flat_norm(g), rel=1e-5)
     assert history["perturbed"] == [1.0]

@@ -49,7 +49,10 @@ class SharpnessAware(PerturbationAlgorithm):
             decrease). A batch smaller than `examples` uses all of it.
         jitter: Norm of the random offset used when the examples' gradient
             is zero, a finite number >= 0. `None` (default) means
-            `1e-3 * rho`.
+            `0.1 * rho`: for a training loss the direction found at the
+            jittered point is the example's output gradient whatever the
+            jitter's size, and a tenth of `rho` is still resolved by 16-bit
+            compute, where exact zeros are common.
         center: Subtract the examples' gradient at `w` (already computed
             for the direction) from `h`. The expected step is unchanged (its
             mean is projected out with the clean gradient), but the
@@ -99,7 +102,7 @@ class SharpnessAware(PerturbationAlgorithm):
 
     @property
     def jitter_radius(self):
-        return 1e-3 * self.rho if self.jitter is None else self.jitter
+        return 0.1 * self.rho if self.jitter is None else self.jitter
 
     def prepare(self, oracle, grads):
         sync = self.perturbation_sync

@@ -30,7 +30,8 @@ from keras_flat.hessian.eigen import lanczos_top
 from keras_flat.hessian.eigen import power_top
 from keras_flat.hessian.operator import HVP_METHODS
 from keras_flat.hessian.operator import HessianOperator
-from keras_flat.hessian.operator import check_model
+from keras_flat.hessian.operator import check_model  # noqa: F401
+from keras_flat.hessian.operator import in_replica
 from keras_flat.hessian.trace import TRACE_METHODS
 from keras_flat.hessian.trace import TraceEstimate
 from keras_flat.hessian.trace import hutch_plus_plus
@@ -261,7 +262,7 @@ def exact_hessian(model, data=None, max_parameters=5000, **operator_kwargs):
 
     total = np.zeros((op.dimension, op.dimension))
     for weight, batch in zip(op.batch_weights, op.batches):
-        total += weight * np.asarray(jacobian(*batch), np.float64)
+        total += weight * np.asarray(in_replica(jacobian, *batch), np.float64)
     return (total + total.T) / 2
 
 

@@ -155,7 +155,8 @@ class HessianOperator:
             self._compiled[key] = tf.function(
                 python_function, jit_compile=self.jit_compile, reduce_retracing=True
             )
-        return self._compiled[key]
+        compiled = self._compiled[key]
+        return lambda *args: in_replica(compiled, *args)
 
     def choose_method(self):
         """Times both HVP methods once and keeps the faster (for `"auto"`)."""
@@ -166,10 +167,10 @@ class HessianOperator:
         for name in HVP_METHODS:
             fn = tf.function(lambda t, name=name: self._hvp(t, name),
                              jit_compile=self.jit_compile)
-            fn(probe)  # Trace.
+            in_replica(fn, probe)  # Trace.
             start = time.perf_counter()
             for _ in range(2):
-                _block(fn(probe))
+                _block(in_replica(fn, probe))
             timings[name] = time.perf_counter() - start
             self._compiled[("matvec", name)] = fn
         self.method = min(timings, key=timings.get)
@@ -207,6 +208,23 @@ class HessianOperator:
             return total_loss, total_grad
 
         return self._function("loss_and_gradient", compute)()
+
+
+def in_replica(function, *args):
+    """Calls `function`, inside a replica when under a strategy's scope.
+
+    Differentiating through distributed variables needs a replica context;
+    in a strategy's cross-replica scope (e.g. `with strategy.scope():` after
+    training) the measurement runs through `strategy.run` and the first
+    replica's result is returned (every replica computes the same value on
+    the same data). Elsewhere, e.g. in callbacks during `fit`, the variables
+    resolve to their primary copies and `function` is called directly.
+    """
+    if not (tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context()):
+        return function(*args)
+    strategy = tf.distribute.get_strategy()
+    result = strategy.run(function, args=args)
+    return tf.nest.map_structure(lambda t: strategy.experimental_local_results(t)[0], result)
 
 
 def check_model(model):

@@ -1,0 +1,147 @@
+"""MirroredStrategy over two logical CPUs (configured in conftest.py)."""
+
+import functools
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_flat
+from keras_flat import algorithms
+from keras_flat import hessian
+from keras_flat.oracle import GradientOracle
+
+from conftest import NUM_LOGICAL_CPUS
+from helpers import flat_norm, mlp, regression_data
+
+pytestmark = pytest.mark.distributed
+
+DEVICES = [f"/cpu:{i}" for i in range(NUM_LOGICAL_CPUS)]
+
+
+@functools.lru_cache(maxsize=None)
+def _strategy():
+    # One strategy per process: TensorFlow gives each MirroredStrategy its own
+    # collective keys starting from the same values, so a second strategy on
+    # the same devices collides with the first's cached collectives.
+    return tf.distribute.MirroredStrategy(DEVICES)
+
+
+ALGORITHMS = {
+    "none": lambda sync: algorithms.NoPerturbation(perturbation_sync=sync),
+    "rs": lambda sync: algorithms.RandomSmoothing(rho=0.3, perturbation_sync=sync),
+    "sa": lambda sync: algorithms.SharpnessAware(rho=0.2, examples=3, perturbation_sync=sync),
+    "sam": lambda sync: algorithms.SAM(rho=0.1, perturbation_sync=sync),
+    "asam": lambda sync: algorithms.ASAM(rho=0.3, perturbation_sync=sync),
+}
+
+
+def _train(name, sync, strategy=None, epochs=3, tolerance=None, x=None, y=None):
+    if x is None:
+        x, y = regression_data(n=64)
+    with (strategy or tf.distribute.get_strategy()).scope():
+        algorithm = ALGORITHMS[name](sync)
+        if tolerance is not None:
+            algorithm.tolerance = tolerance
+        model = keras_flat.FlatMinimaModel(mlp(), algorithm, seed=5)
+        model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="mse")
+    history = model.fit(x, y, batch_size=16, epochs=epochs, shuffle=False, verbose=0)
+    return [np.array(v) for v in model.trainable_variables], history.history
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_global_sync_equals_single_device_training_on_the_global_batch(name):
+    single, single_logs = _train(name, "global")
+    mirrored, mirrored_logs = _train(name, "global", _strategy())
+    for a, b in zip(single, mirrored):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    # Logged norms are of the all-reduced gradient, not scaled by replicas.
+    np.testing.assert_allclose(mirrored_logs["grad_norm"], single_logs["grad_norm"], rtol=1e-5)
+    np.testing.assert_allclose(mirrored_logs["loss"], single_logs["loss"], rtol=1e-5)
+    assert flat_norm([a - b for a, b in zip(single, _train("none", "global")[0])]) > 0 or \
+        name == "none"
+
+
+def test_tolerance_takes_the_same_branch_on_every_replica():
+    x, y = regression_data(n=64)
+    _, probe = _train("none", "global", epochs=1)
+    tolerance = float(np.median(probe["grad_norm"]))
+    single, single_logs = _train("rs", "global", tolerance=tolerance)
+    mirrored, mirrored_logs = _train("rs", "global", _strategy(), tolerance=tolerance)
+    assert 0.0 < single_logs["perturbed"][0] < 1.0 or 0.0 < single_logs["perturbed"][-1] < 1.0
+    np.testing.assert_allclose(mirrored_logs["perturbed"], single_logs["perturbed"])
+    for a, b in zip(single, mirrored):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def _replica_seeds(sync):
+    strategy = _strategy()
+    with strategy.scope():
+        model = keras_flat.FlatMinimaModel(mlp(), "rs", seed=0)
+        model.compile(optimizer="sgd", loss="mse")
+
+    @tf.function
+    def run():
+        def fn():
+            oracle = GradientOracle(model, tf.zeros((2, 4)), tf.zeros((2, 2)), None,
+                                    model.trainable_variables, seed=tf.constant([3, 4], tf.int64))
+            return oracle.seed("sphere", sync)
+        return strategy.experimental_local_results(strategy.run(fn))
+
+    return [np.array(s) for s in run()]
+
+
+def test_replica_mode_draws_different_noise_and_global_mode_the_same():
+    replica = _replica_seeds("replica")
+    assert len(replica) == NUM_LOGICAL_CPUS
+    assert not np.array_equal(replica[0], replica[1])
+    shared = _replica_seeds("global")
+    np.testing.assert_array_equal(shared[0], shared[1])
+
+
+@pytest.mark.parametrize("name", ["rs", "sa", "sam"])
+def test_replica_mode_trains_and_differs_from_global_mode(name):
+    x, y = regression_data(n=128)
+    mirrored_global, _ = _train(name, "global", _strategy(), epochs=6, x=x, y=y)
+    mirrored_replica, logs = _train(name, "replica", _strategy(), epochs=6, x=x, y=y)
+    assert logs["loss"][-1] < 0.5 * logs["loss"][0]
+    assert flat_norm([a - b for a, b in zip(mirrored_global, mirrored_replica)]) > 1e-4
+
+
+def test_nonfinite_batch_on_one_replica_is_skipped_on_all():
+    x, y = regression_data(n=32)
+    x = x.copy()
+    x[24] = np.nan  # Lands on replica 1 of the second batch.
+    strategy = _strategy()
+    with strategy.scope():
+        model = keras_flat.FlatMinimaModel(mlp(), "sam", rho=0.1, seed=0)
+        model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="mse")
+    model.fit(x[:16], y[:16], batch_size=16, epochs=1, shuffle=False, verbose=0)
+    before = [np.array(v) for v in model.trainable_variables + model.optimizer.variables]
+    history = model.fit(x[16:], y[16:], batch_size=16, epochs=1, shuffle=False, verbose=0)
+    assert history.history["skipped_steps"] == [1.0]
+    after = [np.array(v) for v in model.trainable_variables + model.optimizer.variables]
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_hessian_trace_callback_is_the_same_under_a_strategy():
+    x, y = regression_data(n=64)
+    values = []
+    for strategy in (None, _strategy()):
+        scope = (strategy or tf.distribute.get_strategy()).scope
+        with scope():
+            model = keras_flat.FlatMinimaModel(mlp(), "sam", rho=0.1, seed=0)
+            model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+        trace = keras_flat.callbacks.HessianTrace((x, y), num_probes=8, batch_size=32)
+        top = keras_flat.callbacks.TopEigenvalue((x, y), batch_size=32, tol=1e-5)
+        history = model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0,
+                            callbacks=[trace, top])
+        values.append((history.history["hessian_trace"], history.history["top_eigenvalue"]))
+        # And inside the scope, as a user measuring after training would.
+        with scope():
+            direct = hessian.hessian_trace(model, (x, y), num_probes=8, batch_size=32)
+        np.testing.assert_allclose(direct.value, history.history["hessian_trace"][-1], rtol=1e-5)
+    np.testing.assert_allclose(values[0][0], values[1][0], rtol=1e-5)
+    np.testing.assert_allclose(values[0][1], values[1][1], rtol=1e-4)
