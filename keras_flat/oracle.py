@@ -89,38 +89,45 @@ class GradientOracle:
         )
 
     def sample_subset(self, count, seed, sync="global"):
-        """Chooses `min(count, batch)` distinct examples at random.
+        """Chooses `min(count, n)` distinct examples of one replica's batch.
 
-        On one device, or in `"replica"` mode, each replica chooses among
-        its own examples. In `"global"` mode with several replicas, every
-        replica draws the same choice among the examples of the *global*
-        batch (replicas hold contiguous slices of it, in order); each
-        replica gathers the chosen examples it holds and gives the others
-        zero weight, so the contributions summed over replicas are exactly
-        the single-device subset gradient.
+        The first example `j` is uniform over the batch; the others are
+        uniform among the rest of the same shard. On one device the shard is
+        the whole batch. In `"replica"` mode each replica draws from its own
+        batch. In `"global"` mode with several replicas, every replica draws
+        the same `j` among the examples of the *global* batch (replicas hold
+        contiguous slices of it, in order), and only the replica holding `j`
+        takes examples, from its own slice, with its loss scaled to the
+        global gradient's scale; the others get zero weight. So the
+        examples' gradient needs no communication, and with `count=1` the
+        choice, hence the whole run, equals single-device training on the
+        global batch.
 
         Returns:
             A `Subset` for `gradient(subset=...)`.
         """
         size = self.batch_size
         count = tf.constant(count, tf.int32)
+        first_key, rest_key = rng.fold_in(seed, 0), rng.fold_in(seed, 1)
         if sync != "global" or self.num_replicas == 1:
-            order = tf.argsort(rng.uniform([size], seed))
-            return Subset(order[: tf.minimum(count, size)])
+            first = _uniform_index(first_key, size)
+            return Subset(_draw(rest_key, size, first, count))
         context = tf.distribute.get_replica_context()
         sizes = context.all_gather(tf.reshape(size, [1]), axis=0)
-        replica = context.replica_id_in_sync_group
-        offset = tf.reduce_sum(sizes[:replica])
-        total = tf.reduce_sum(sizes)
-        order = tf.argsort(rng.uniform([total], seed))
-        local = order[: tf.minimum(count, total)] - offset
-        held = tf.logical_and(local >= 0, local < size)
-        # Examples held elsewhere point at a zero row appended to the batch.
+        first = _uniform_index(first_key, tf.reduce_sum(sizes))
+        ends = tf.cumsum(sizes)
+        owner = tf.reduce_sum(tf.cast(ends <= first, tf.int32))
+        active = tf.equal(context.replica_id_in_sync_group, owner)
+        offset = tf.reduce_sum(sizes[: context.replica_id_in_sync_group])
+        local_first = tf.clip_by_value(first - offset, 0, tf.maximum(size - 1, 0))
+        chosen = _draw(rest_key, size, local_first, count)
+        # Other replicas point at a zero row appended to their batch.
         return Subset(
-            tf.where(held, local, size),
-            weight=tf.cast(held, tf.float32),
+            tf.where(active, chosen, tf.fill(tf.shape(chosen), size)),
+            weight=tf.fill(tf.shape(chosen), tf.cast(active, tf.float32)),
             scale=float(self.num_replicas),
             padded=True,
+            active=active,
         )
 
     def gradient(self, offset=None, subset=None):
@@ -173,13 +180,16 @@ class Subset:
         scale: Multiplier of the subset's loss.
         padded: Whether `indices` may point one past the batch, at a zero
             row appended by `take`.
+        active: Scalar boolean tensor, False on a replica that holds none
+            of the examples.
     """
 
-    def __init__(self, indices, weight=None, scale=1.0, padded=False):
+    def __init__(self, indices, weight=None, scale=1.0, padded=False, active=True):
         self.indices = indices
         self.weight = weight
         self.scale = scale
         self.padded = padded
+        self.active = tf.convert_to_tensor(active)
 
     def take(self, x, y, sample_weight):
         """Gathers the subset of a batch; returns `(x, y, sample_weight)`."""
@@ -205,6 +215,20 @@ class Subset:
         mask = tf.cast(self.weight, weights.dtype)
         rank = weights.shape.rank or 1
         return weights * tf.reshape(mask, [-1] + [1] * (rank - 1))
+
+
+def _uniform_index(key, size):
+    """A uniform index in [0, size) (0 for an empty batch)."""
+    u = rng.uniform([1], key)[0]
+    index = tf.cast(tf.floor(u * tf.cast(size, tf.float32)), tf.int32)
+    return tf.clip_by_value(index, 0, tf.maximum(size - 1, 0))
+
+
+def _draw(key, size, first, count):
+    """`first` followed by `count - 1` other random indices of [0, size)."""
+    keys = rng.uniform([size], key)
+    keys = tf.where(tf.range(size) == first, -1.0, keys)  # `first` sorts first.
+    return tf.argsort(keys)[: tf.minimum(count, size)]
 
 
 def loss_scale(optimizer):

@@ -15,12 +15,22 @@ class NoPerturbation(Algorithm):
     through the same `train_step` (and logs the same `grad_norm`) as the
     perturbing rules, which makes comparisons like for like.
 
+    Args:
+        perturbation_sync: Only decides what `grad_norm` means under a
+            strategy with several replicas. `"replica"` (default): the mean
+            over replicas of each replica's batch-gradient norm, with no
+            communication beyond Keras's own. `"global"`: the norm of the
+            all-reduced gradient, at the cost of one extra all-reduce.
+
     Example:
 
     >>> model = keras_flat.FlatMinimaModel(inner, algorithm=None)  # doctest: +SKIP
     """
 
     perturbs = False
+
+    def __init__(self, perturbation_sync="replica"):
+        super().__init__(perturbation_sync=perturbation_sync)
 
     def compute_update(self, oracle, grads):
         view = oracle.global_view(list(grads), self.perturbation_sync)

@@ -119,16 +119,16 @@ class SharpnessAware(PerturbationAlgorithm):
             )
             return list(oracle.gradient(offset=offset, subset=subset)[1])
 
-        # A replica-local condition: the all-reduce of the direction happens
-        # after it, in the same collective as the clean gradient's.
-        example_grads = tf.cond(
-            local_norm > _ZERO_NORM, lambda: example_grads, jittered
-        )
-        return (subset, example_grads), list(example_grads)
+        # A replica-local condition with no collective inside. The examples
+        # all live on one replica (see GradientOracle.sample_subset), so the
+        # direction needs no communication: other replicas see zero.
+        needs_jitter = tf.logical_and(subset.active, local_norm <= _ZERO_NORM)
+        example_grads = tf.cond(needs_jitter, jittered, lambda: example_grads)
+        return (subset, list(example_grads)), []
 
     def perturbation(self, oracle, grads, direction, state, reduced):
         subset, example_grads = state
-        s, _ = vector.unit(reduced)
+        s, _ = vector.unit(example_grads)
         if self.antithetic:
             _, ahead = oracle.gradient(offset=vector.scale(s, self.rho), subset=subset)
             _, behind = oracle.gradient(offset=vector.scale(s, -self.rho), subset=subset)
