@@ -200,7 +200,8 @@ def normal_like(tensors, seed):
         seed: An integer tensor of shape `(2,)`; see `keras_flat.rng`.
 
     Returns:
-        A list of tensors.
+        A list of tensors in float32 (float64 for float64 tensors), so a
+        later normalisation keeps full precision.
     """
     dtype = _reduction_dtype(tensors)
     flat = rng.normal([sum(_sizes(tensors))], seed, dtype)
@@ -218,10 +219,12 @@ def sphere_like(tensors, seed, radius=1.0):
         radius: The sphere's radius, a float or scalar tensor.
 
     Returns:
-        A list of tensors whose whole-vector norm is `radius`.
+        A list of tensors in the dtypes of `tensors` whose whole-vector norm
+        is `radius` (to the dtype's rounding); the sample is drawn and
+        normalised in float32 (float64 for float64 tensors).
     """
     direction, _ = unit(normal_like(tensors, seed))
-    return scale(direction, radius)
+    return [_as(d, t.dtype) for d, t in zip(scale(direction, radius), tensors)]
 
 
 def rademacher_like(tensors, seed):
