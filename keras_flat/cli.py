@@ -20,6 +20,13 @@ def _positive_int(text):
     return value
 
 
+def _non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
 def _positive_float(text):
     value = float(text)
     if not value > 0:
@@ -79,8 +86,12 @@ def add_demo_arguments(parser):
     parser.add_argument("--quiet", action="store_true", help="Hide the Keras progress bars.")
 
 
-def run_demo(args, seeds=(0,), title="keras-flat demo"):
-    """Runs the comparison the parsed `args` describe; returns (rows, results)."""
+def run_demo(args, seeds=(0,), title="keras-flat demo", stem="results"):
+    """Runs the comparison the parsed `args` describe; returns (rows, results).
+
+    Writes `<stem>.md` (the table), `<stem>.json` (every number) and, unless
+    `args.no_plot`, `plot.png` (or `<stem>.png`) into `args.output_dir`.
+    """
     rhos = {name: getattr(args, f"{name}_rho") for name in ("sam", "asam", "rs", "sa")}
     results = demo.compare(
         dataset=args.dataset, names=args.algorithms, epochs=args.epochs,
@@ -93,19 +104,20 @@ def run_demo(args, seeds=(0,), title="keras-flat demo"):
     table = demo.format_table(rows)
     os.makedirs(args.output_dir, exist_ok=True)
     settings = {k: v for k, v in vars(args).items() if k != "func"}
-    with open(os.path.join(args.output_dir, "results.md"), "w") as f:
+    with open(os.path.join(args.output_dir, f"{stem}.md"), "w") as f:
         f.write(f"# {title}\n\nSettings: `{json.dumps(settings)}`, seeds {list(seeds)}\n\n")
         f.write(table + "\n")
-    with open(os.path.join(args.output_dir, "results.json"), "w") as f:
+    with open(os.path.join(args.output_dir, f"{stem}.json"), "w") as f:
         json.dump({"settings": settings, "seeds": list(seeds), "summary": rows,
                    "runs": [{**{k: v for k, v in r.__dict__.items() if k != "history"},
                              "history": {k: [float(x) for x in v] for k, v in r.history.items()}}
                             for r in results]}, f, indent=1)
     print("\n" + table)
     if not args.no_plot:
-        path = demo.plot(results, os.path.join(args.output_dir, "plot.png"), title=title)
+        image = "plot.png" if stem == "results" else f"{stem}.png"
+        path = demo.plot(results, os.path.join(args.output_dir, image), title=title)
         print(f"\nPlot: {path}")
-    print(f"Results: {os.path.join(args.output_dir, 'results.md')}")
+    print(f"Results: {os.path.join(args.output_dir, stem + '.md')}")
     return rows, results
 
 
@@ -121,7 +133,8 @@ def main(argv=None):
                     "comparison table (train/test accuracy, final trace, top eigenvalue, time "
                     "per step) and write a plot of trace and test accuracy per epoch.")
     add_demo_arguments(demo_parser)
-    demo_parser.add_argument("--seed", type=int, default=0, help="Random seed. Default: 0.")
+    demo_parser.add_argument("--seed", type=_non_negative_int, default=0,
+                             help="Random seed, an integer >= 0. Default: 0.")
     args = parser.parse_args(argv)
     if args.command != "demo":
         parser.print_help()

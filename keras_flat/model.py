@@ -3,6 +3,7 @@
 import random
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_flat import algorithms as algorithms_module
@@ -152,10 +153,11 @@ class FlatMinimaModel(keras.Model):
             if protect:
                 # Weights and optimizer state change only in apply; an unbuilt
                 # model has created its weights by now.
-                optimizer_guard = guard.StepGuard(self._optimizer_state(scale))
+                dynamic = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+                optimizer_guard = guard.StepGuard(self._optimizer_state(dynamic))
                 optimizer_state = optimizer_guard.snapshot()
                 bad = guard.nonfinite_anywhere(update, loss)
-                if scale is not None:  # The LossScaleOptimizer skips the step.
+                if dynamic:  # The LossScaleOptimizer skips the step itself.
                     update = guard.poison(update, bad)
                 else:
                     update = guard.zero_if(update, bad)
@@ -170,9 +172,9 @@ class FlatMinimaModel(keras.Model):
         logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
         return _reducible_across_workers(logs)
 
-    def _optimizer_state(self, scale):
+    def _optimizer_state(self, dynamic):
         """Weights and optimizer variables a skipped step must leave untouched."""
-        if scale is not None:  # A LossScaleOptimizer protects them itself.
+        if dynamic:  # A LossScaleOptimizer protects them itself.
             return []
         if not self.optimizer.built:
             self.optimizer.build(self.trainable_variables)
@@ -208,7 +210,9 @@ class FlatMinimaModel(keras.Model):
     def train_on_batch(self, *args, **kwargs):
         logs = super().train_on_batch(*args, **{**kwargs, "return_dict": True})
         if self.on_nonfinite == "raise":
-            RaiseOnNonFinite().on_train_batch_end(0, logs)
+            check = RaiseOnNonFinite()
+            check.set_model(self)
+            check.on_train_batch_end(0, logs)
         if kwargs.get("return_dict", False):
             return logs
         values = list(logs.values())
@@ -235,6 +239,7 @@ class FlatMinimaModel(keras.Model):
         return {
             "name": self.name,
             "trainable": self.trainable,
+            "dtype": keras.saving.serialize_keras_object(self.dtype_policy),
             "model": keras.saving.serialize_keras_object(self.inner),
             "algorithm": algorithms_module.serialize(self.algorithm),
             "seed": self.seed,
@@ -244,6 +249,8 @@ class FlatMinimaModel(keras.Model):
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
+        if isinstance(config.get("dtype"), dict):
+            config["dtype"] = keras.saving.deserialize_keras_object(config["dtype"])
         model = keras.saving.deserialize_keras_object(
             config.pop("model"), custom_objects=custom_objects
         )
@@ -258,11 +265,21 @@ class RaiseOnNonFinite(keras.callbacks.Callback):
 
     Added to `fit` by `FlatMinimaModel(..., on_nonfinite="raise")`. The step
     itself was skipped in graph (the weights are intact), then this raises.
+    With a `LossScaleOptimizer`, overflowing scaled gradients are routine
+    (the optimizer lowers its loss scale and skips the step), so only a
+    non-finite loss raises.
     """
 
     def on_train_batch_end(self, batch, logs=None):
-        skipped = (logs or {}).get("skipped_steps", 0.0)
-        if skipped and skipped > 0:
+        logs = logs or {}
+        optimizer = getattr(self.model, "optimizer", None) if self.model else None
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            loss = logs.get("loss", 0.0)
+            failed = loss is not None and not np.isfinite(loss)
+        else:
+            skipped = logs.get("skipped_steps", 0.0)
+            failed = bool(skipped and skipped > 0)
+        if failed:
             raise FloatingPointError(
                 f"Training step {batch} produced a non-finite loss or update; it was "
                 "skipped and the weights are unchanged. FlatMinimaModel(on_nonfinite="

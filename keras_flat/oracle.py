@@ -49,6 +49,9 @@ class GradientOracle:
         self._seed = seed
         strategy = tf.distribute.get_strategy()
         self.num_replicas = strategy.num_replicas_in_sync
+        # With batch statistics a few examples alone are a different function
+        # (BatchNorm of a single example is constant): mask instead of gather.
+        self.masked_subsets = has_batch_statistics(model)
 
     @property
     def batch_size(self):
@@ -111,7 +114,7 @@ class GradientOracle:
         first_key, rest_key = rng.fold_in(seed, 0), rng.fold_in(seed, 1)
         if sync != "global" or self.num_replicas == 1:
             first = _uniform_index(first_key, size)
-            return Subset(_draw(rest_key, size, first, count))
+            return Subset(_draw(rest_key, size, first, count), masked=self.masked_subsets)
         context = tf.distribute.get_replica_context()
         sizes = context.all_gather(tf.reshape(size, [1]), axis=0)
         first = _uniform_index(first_key, tf.reduce_sum(sizes))
@@ -128,6 +131,7 @@ class GradientOracle:
             scale=float(self.num_replicas),
             padded=True,
             active=active,
+            masked=self.masked_subsets,
         )
 
     def gradient(self, offset=None, subset=None):
@@ -159,7 +163,10 @@ class GradientOracle:
                     training=True,
                 )
             if subset is not None and subset.scale != 1.0:
-                loss = loss * tf.cast(subset.scale, loss.dtype)
+                # Only the replica holding the examples contributes: the others
+                # would otherwise add their share of the regularization losses.
+                loss = tf.where(subset.active, loss * tf.cast(subset.scale, loss.dtype),
+                                tf.zeros_like(loss))
             scaled = loss if self._scale is None else loss * tf.cast(
                 self._scale, loss.dtype
             )
@@ -182,17 +189,23 @@ class Subset:
             row appended by `take`.
         active: Scalar boolean tensor, False on a replica that holds none
             of the examples.
+        masked: Keep the whole batch and give the other examples zero
+            weight, instead of gathering the chosen ones.
     """
 
-    def __init__(self, indices, weight=None, scale=1.0, padded=False, active=True):
+    def __init__(self, indices, weight=None, scale=1.0, padded=False, active=True,
+                 masked=False):
         self.indices = indices
         self.weight = weight
         self.scale = scale
         self.padded = padded
         self.active = tf.convert_to_tensor(active)
+        self.masked = masked
 
     def take(self, x, y, sample_weight):
-        """Gathers the subset of a batch; returns `(x, y, sample_weight)`."""
+        """The subset of a batch as `(x, y, sample_weight)`."""
+        if self.masked:
+            return x, y, self._mask(x, sample_weight)
 
         def gather(t):
             if t is None:
@@ -211,10 +224,37 @@ class Subset:
                 sample_weight = tf.nest.map_structure(self._weigh, sample_weight)
         return x, y, sample_weight
 
+    def _mask(self, x, sample_weight):
+        """Sample weights that keep only the chosen examples.
+
+        The loss divides by the batch size, so a chosen example's weight is
+        batch/chosen: the weighted loss is then the chosen examples' mean.
+        """
+        size = tf.shape(_first_leaf(x))[0]
+        chosen = tf.ones(tf.shape(self.indices), tf.float32)
+        if self.weight is not None:
+            chosen = chosen * self.weight
+        count = tf.cast(tf.size(self.indices), tf.float32)
+        per_index = chosen * tf.cast(size, tf.float32) / tf.maximum(count, 1.0)
+        # Indices may point one past the batch (padding): that segment is dropped.
+        mask = tf.math.unsorted_segment_sum(per_index, self.indices, size + 1)[:size]
+        if sample_weight is None:
+            return mask
+        return tf.nest.map_structure(
+            lambda w: w * tf.reshape(tf.cast(mask, w.dtype),
+                                     [-1] + [1] * ((w.shape.rank or 1) - 1)),
+            sample_weight)
+
     def _weigh(self, weights):
         mask = tf.cast(self.weight, weights.dtype)
         rank = weights.shape.rank or 1
         return weights * tf.reshape(mask, [-1] + [1] * (rank - 1))
+
+
+def has_batch_statistics(model):
+    """Whether any layer of `model` normalises with batch statistics."""
+    layers = model._flatten_layers() if hasattr(model, "_flatten_layers") else [model]
+    return any(isinstance(layer, keras.layers.BatchNormalization) for layer in layers)
 
 
 def _uniform_index(key, size):

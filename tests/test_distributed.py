@@ -67,6 +67,22 @@ def test_global_sync_equals_single_device_training_on_the_global_batch(name):
         name == "none"
 
 
+def test_sa_global_with_a_regularizer_equals_single_device():
+    # Only the replica holding the example may contribute its loss, or every
+    # replica would add its share of the regularization to the direction.
+    x, y = regression_data(n=64)
+    results = []
+    for strategy in (None, _strategy()):
+        with (strategy or tf.distribute.get_strategy()).scope():
+            model = keras_flat.FlatMinimaModel(
+                mlp(regularizer=keras.regularizers.L2(0.05)), ALGORITHMS["sa"]("global"), seed=5)
+            model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="mse")
+        model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+        results.append([np.array(v) for v in model.trainable_variables])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 def test_tolerance_takes_the_same_branch_on_every_replica():
     x, y = regression_data(n=64)
     _, probe = _train("none", "global", epochs=1)

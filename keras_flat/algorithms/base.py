@@ -128,19 +128,16 @@ class PerturbationAlgorithm(Algorithm):
     def prepare(self, oracle, grads):
         """Work of a step that must run whether or not it perturbs.
 
-        Runs outside the tolerance conditional, so it is the only place an
-        algorithm may need a value reduced across replicas: whatever it
-        returns as `to_reduce` is all-reduced together with the clean
-        gradient, in the same collective (`"global"` mode).
+        Runs outside the tolerance conditional, so it is where an algorithm
+        may use a collective (e.g. SA's draw of examples across replicas);
+        `perturbation`, which runs inside it, must not.
 
         Returns:
-            `(state, to_reduce)`: any structure handed unchanged to
-            `perturbation`, and a list of tensors (possibly empty) handed to
-            it as seen by the perturbation scope.
+            Any structure, handed unchanged to `perturbation` as `state`.
         """
-        return None, []
+        return None
 
-    def perturbation(self, oracle, grads, direction, state, reduced):
+    def perturbation(self, oracle, grads, direction, state):
         """Returns the perturbation direction `v` of one perturbed step.
 
         Args:
@@ -148,9 +145,7 @@ class PerturbationAlgorithm(Algorithm):
             grads: The clean gradient (this replica's contribution).
             direction: The unit vector of the clean gradient as the
                 perturbation scope sees it (zero for a zero gradient).
-            state: What `prepare` returned as `state`.
-            reduced: What `prepare` returned as `to_reduce`, as the
-                perturbation scope sees it.
+            state: What `prepare` returned.
 
         Returns:
             A list of tensors in the convention of `grads`.
@@ -161,14 +156,12 @@ class PerturbationAlgorithm(Algorithm):
 
     def compute_update(self, oracle, grads):
         grads = list(grads)
-        state, to_reduce = self.prepare(oracle, grads)
-        view, reduced = oracle.global_view(
-            (grads, list(to_reduce)), self.perturbation_sync
-        )
+        state = self.prepare(oracle, grads)
+        view = oracle.global_view(grads, self.perturbation_sync)
         direction, grad_norm = vector.unit(view)
 
         def perturbed_step():
-            v = self.perturbation(oracle, grads, direction, state, reduced)
+            v = self.perturbation(oracle, grads, direction, state)
             if self.project:
                 v = vector.project_out_unit(v, direction)
             step = vector.add(grads, v)

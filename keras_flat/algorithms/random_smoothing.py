@@ -63,7 +63,7 @@ class RandomSmoothing(PerturbationAlgorithm):
         )
         self.antithetic = check_bool("antithetic", antithetic)
 
-    def perturbation(self, oracle, grads, direction, state, reduced):
+    def perturbation(self, oracle, grads, direction, state):
         seed = oracle.seed("sphere", self.perturbation_sync)
         offset = vector.sphere_like(oracle.variables, seed, self.rho)
         _, h = oracle.gradient(offset=offset)

@@ -38,14 +38,14 @@ class SAM(Algorithm):
         self.rho = check_number("rho", rho, minimum=0.0)
 
     def ascent(self, oracle, view):
-        """The perturbation `ε` for the gradient `view`."""
-        direction, _ = vector.unit(view)
-        return vector.scale(direction, self.rho)
+        """`(ε, ‖view‖)`: the perturbation for the gradient `view`, and its norm."""
+        direction, norm = vector.unit(view)
+        return vector.scale(direction, self.rho), norm
 
     def compute_update(self, oracle, grads):
         view = oracle.global_view(list(grads), self.perturbation_sync)
-        _, grad_norm = vector.unit(view)
-        _, update = oracle.gradient(offset=self.ascent(oracle, view))
+        offset, grad_norm = self.ascent(oracle, view)
+        _, update = oracle.gradient(offset=offset)
         return list(update), grad_norm, tf.constant(1.0)
 
     def get_config(self):
@@ -97,7 +97,7 @@ class ASAM(SAM):
             if t is not None:
                 d = tf.cast(tf.cast(d, t.dtype) * t, d.dtype)
             out.append(d)
-        return vector.scale(out, self.rho)
+        return vector.scale(out, self.rho), vector.norm(view)
 
     def get_config(self):
         config = super().get_config()

@@ -32,7 +32,12 @@ class SharpnessAware(PerturbationAlgorithm):
     gradient never yields NaN.
 
     Cost: one batch gradient plus two gradients on `examples` examples per
-    perturbed step (a third when the jitter is needed).
+    perturbed step (a third when the jitter is needed, a third or fourth with
+    `antithetic`); plain steps (see `tolerance`) cost one batch gradient. For
+    models with BatchNormalization the examples' gradients are taken on the
+    whole batch with the other examples' weights set to zero (so BatchNorm
+    sees the batch's statistics, as in the clean pass), at the cost of a
+    batch gradient each.
 
     Args:
         rho: Perturbation radius (whole-model norm of `rho*σ*s`).
@@ -105,13 +110,15 @@ class SharpnessAware(PerturbationAlgorithm):
         return 0.1 * self.rho if self.jitter is None else self.jitter
 
     def prepare(self, oracle, grads):
+        # The draw may gather batch sizes across replicas: outside the
+        # tolerance conditional. Everything else runs only on perturbed steps.
         sync = self.perturbation_sync
-        subset = oracle.sample_subset(
-            self.examples, oracle.seed("examples", sync), sync
-        )
+        return oracle.sample_subset(self.examples, oracle.seed("examples", sync), sync)
+
+    def perturbation(self, oracle, grads, direction, state):
+        subset, sync = state, self.perturbation_sync
         _, example_grads = oracle.gradient(subset=subset)
         example_grads = list(example_grads)
-        local_norm = vector.norm(example_grads)
 
         def jittered():
             offset = vector.sphere_like(
@@ -122,22 +129,17 @@ class SharpnessAware(PerturbationAlgorithm):
         # A replica-local condition with no collective inside. The examples
         # all live on one replica (see GradientOracle.sample_subset), so the
         # direction needs no communication: other replicas see zero.
-        needs_jitter = tf.logical_and(subset.active, local_norm <= _ZERO_NORM)
-        example_grads = tf.cond(needs_jitter, jittered, lambda: example_grads)
-        return (subset, list(example_grads)), []
-
-    def perturbation(self, oracle, grads, direction, state, reduced):
-        subset, example_grads = state
-        s, _ = vector.unit(example_grads)
+        needs_jitter = tf.logical_and(subset.active, vector.norm(example_grads) <= _ZERO_NORM)
+        direction_grads = tf.cond(needs_jitter, jittered, lambda: example_grads)
+        s, _ = vector.unit(list(direction_grads))
         if self.antithetic:
             _, ahead = oracle.gradient(offset=vector.scale(s, self.rho), subset=subset)
             _, behind = oracle.gradient(offset=vector.scale(s, -self.rho), subset=subset)
             h = vector.scale(vector.add(ahead, behind), 0.5)
         else:
-            sign = vector.random_sign(oracle.seed("sign", self.perturbation_sync))
-            offset = vector.scale(s, sign * self.rho)
-            _, h = oracle.gradient(offset=offset, subset=subset)
-        if self.center:
+            sign = vector.random_sign(oracle.seed("sign", sync))
+            _, h = oracle.gradient(offset=vector.scale(s, sign * self.rho), subset=subset)
+        if self.center:  # The examples' gradient at w itself, not at a jittered point.
             h = vector.add(h, example_grads, -1.0)
         return h
 

@@ -43,9 +43,13 @@ _OPERATOR_ARGS = ("loss", "training", "method", "batch_size", "num_batches", "ji
 def operator_for(model, data=None, **kwargs):
     """Returns a `HessianOperator` (or `model` itself if it already is one)."""
     if isinstance(model, HessianOperator):
-        if data is not None:
+        given = {k: v for k, v in kwargs.items()
+                 if v is not None and not (k == "training" and v is False)
+                 and not (k == "method" and v == "auto")}
+        if data is not None or given:
             raise ValueError(
-                "Pass either a HessianOperator or a model with `data`, not both."
+                "A HessianOperator already fixes its data and options; pass it "
+                f"alone, without `data` or {sorted(given) or 'operator options'}."
             )
         return model
     if data is None:

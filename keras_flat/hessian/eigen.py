@@ -88,6 +88,11 @@ def lanczos_top(matvec, dimension, k, max_iterations, tol, start):
     while True:
         run.step()
         m = len(run.alpha)
+        if run.exhausted and m < k:
+            # The start vector's Krylov space holds fewer than k eigenpairs
+            # (e.g. H is a multiple of the identity): those are all there is.
+            values, vectors, _ = run.ritz()
+            return values[::-1], vectors[::-1], m, True
         if m >= k and (run.exhausted or m >= budget or m % 2 == 0):
             values, vectors, residuals = run.ritz()
             top = slice(None, None, -1)

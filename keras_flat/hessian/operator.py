@@ -1,6 +1,5 @@
 """The Hessian of a Keras model's training loss as a matrix-free operator."""
 
-import contextlib
 import time
 
 import keras
@@ -93,9 +92,15 @@ class HessianOperator:
     # ---- Loss ------------------------------------------------------------
 
     def batch_loss(self, x, y, sample_weight):
-        """The training loss on one batch (no variable is updated)."""
-        scope = keras.StatelessScope() if self.training else contextlib.nullcontext()
-        with scope:
+        """The training loss on one batch (no variable is updated).
+
+        The model runs in a `keras.StatelessScope` holding every variable's
+        current value: BatchNorm statistics, seed states and loss-metric
+        updates made by the call are discarded, and `add_loss` and activity
+        regularization terms are collected.
+        """
+        mapping = [(v, v.value) for v in self.model.variables]
+        with keras.StatelessScope(state_mapping=mapping, collect_losses=True):
             y_pred = self.model(x, training=self.training)
             if self.loss is None:
                 loss = self.model.compute_loss(

@@ -61,7 +61,7 @@ def hutchinson(operator, num_probes, seed):
 
     fn = operator._function("hutchinson", estimate)
     samples = fn(tf.convert_to_tensor(seed), tf.constant(num_probes, tf.int32)).numpy()
-    return _result(samples, samples, num_probes, "hutchinson", operator.dimension)
+    return _result(samples, num_probes, "hutchinson", operator.dimension)
 
 
 def hutch_plus_plus(operator, num_matvecs, seed):
@@ -82,7 +82,7 @@ def hutch_plus_plus(operator, num_matvecs, seed):
         A `TraceEstimate` whose samples are the low-rank part plus each
         residual probe's estimate.
     """
-    sketch = num_matvecs // 3
+    sketch = min(num_matvecs // 3, operator.dimension)  # QR has at most d columns.
     residual = num_matvecs - 2 * sketch
     method = operator.choose_method()
     like = operator.variables
@@ -110,15 +110,15 @@ def hutch_plus_plus(operator, num_matvecs, seed):
     samples = fn(
         tf.convert_to_tensor(seed), tf.constant(sketch), tf.constant(residual)
     ).numpy()
-    return _result(samples, samples, num_matvecs, "hutch++", operator.dimension)
+    return _result(samples, num_matvecs, "hutch++", operator.dimension)
 
 
-def _result(samples, estimates, num_matvecs, method, dimension):
+def _result(samples, num_matvecs, method, dimension):
     samples = np.asarray(samples, np.float64)
     n = len(samples)
     stderr = float(np.std(samples, ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
     return TraceEstimate(
-        value=float(np.mean(estimates)),
+        value=float(np.mean(samples)),
         stderr=stderr,
         samples=samples,
         num_matvecs=num_matvecs,

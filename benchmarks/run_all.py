@@ -1,0 +1,71 @@
+"""Runs every benchmark and writes benchmarks/RESULTS.md.
+
+Each benchmark runs in its own process (the distributed one must configure
+logical devices before TensorFlow starts) and prints Markdown tables of
+ratios to plain Keras measured in the same run; this script collects them,
+with the machine they ran on and the commands that produced them.
+
+Usage:
+    python -m benchmarks            # or: python benchmarks/run_all.py
+    python -m benchmarks --quick    # fewer repeats, for a smoke run
+"""
+
+import argparse
+import datetime
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+BENCHMARKS = [
+    ("Step time of each algorithm", "benchmarks.step_time", ["--repeats", "7", "--steps", "30"],
+     ["--repeats", "2", "--steps", "5"]),
+    ("Hessian-vector products and trace estimates", "benchmarks.hvp", ["--repeats", "7"],
+     ["--repeats", "2"]),
+    ("Distributed training on 1 and 2 logical devices", "benchmarks.distributed",
+     ["--repeats", "5", "--steps", "40"], ["--repeats", "2", "--steps", "8"]),
+]
+
+
+def run(module, args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    command = [sys.executable, "-m", module, *args]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")
+    return " ".join(["python", "-m", module, *args]), result.stdout
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
+    parser.add_argument("--output", default=os.path.join(HERE, "RESULTS.md"))
+    args = parser.parse_args(argv)
+    sections = []
+    machine = None
+    for title, module, full, quick in BENCHMARKS:
+        print(f"Running {module} ...", flush=True)
+        command, out = run(module, quick if args.quick else full)
+        lines = out.splitlines()
+        machine = machine or next((l for l in lines if l.startswith("Machine:")), None)
+        body = "\n".join(l for l in lines if not l.startswith("Machine:")).strip()
+        sections.append(f"## {title}\n\n`{command}`\n\n{body}\n")
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    text = (
+        "# Benchmark results\n\n"
+        f"Written by `python -m benchmarks{' --quick' if args.quick else ''}` on {stamp}.\n\n"
+        f"{machine or 'Machine: unknown'}\n\n"
+        "Every number is a ratio to plain Keras training (or to one gradient evaluation) "
+        "measured in the same run, interleaving the variants; absolute times on a shared "
+        "2-core machine are noisy, ratios less so. See each script's docstring for what "
+        "it measures.\n\n" + "\n".join(sections)
+    )
+    with open(args.output, "w") as f:
+        f.write(text)
+    print(f"Wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,244 @@
+"""The paper's experiment at CPU scale: escaping a sharp, badly generalising minimum.
+
+Ahn, Jadbabaie & Sra start ResNet-18 on CIFAR-10 at a sharp global minimum
+(100% training accuracy, 48% test accuracy, built as in Liu et al. 2020, "Bad
+global minima exist and SGD can reach them") and continue with a small
+constant learning rate: plain SGD stays there, while RS and SA lower the
+Hessian trace and raise test accuracy, SA faster than RS even with a smaller
+radius. This script does the same with a small CNN on scikit-learn's bundled
+8x8 digits (offline):
+
+1. Sharpening (Liu et al.'s recipe): train on the training images with
+   random labels until they are memorised (the "poisoned auxiliary set");
+2. then train on the clean labels until 100% training accuracy, and rescale
+   the last two layers (hidden ×4, output ÷4): the same function, hence a
+   global minimum of the clean loss, but a much sharper one (Dinh et al.
+   2017); plain SGD conserves this imbalance between layers;
+3. from that minimum, continue with plain SGD, RS and SA at a small constant
+   learning rate, measuring training accuracy, test accuracy and the Hessian
+   trace (Hutchinson, on 256 training examples) every epoch.
+
+The loss is the squared loss on one-hot labels (interpolating minima exist,
+as in the paper's Setting 1). The sharp minimum is cached in the output
+folder and reused by later runs with the same settings.
+
+Usage:
+    python examples/escape_sharp_minimum.py [--epochs 30] [--quick]
+"""
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_flat  # noqa: E402
+from keras_flat import callbacks, datasets  # noqa: E402
+
+LABELS = {"none": "plain SGD", "rs": "RS (Alg. 1)", "sa": "SA (Alg. 2)"}
+
+
+def cnn(width=128):
+    return keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
+        keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Flatten(),
+        keras.layers.Dense(width, activation="relu"),
+        keras.layers.Dense(10),
+    ])
+
+
+def accuracy():
+    return keras.metrics.CategoricalAccuracy(name="accuracy")
+
+
+def sharp_minimum(data, y_train, args, log):
+    """Phases 1 and 2; returns (weights, info)."""
+    keras.utils.set_random_seed(args.seed)
+    model = cnn()
+    rng = np.random.default_rng(args.seed)
+    random_labels = np.eye(10, dtype="float32")[rng.integers(0, 10, len(y_train))]
+    memorised = None
+    if args.sharpening_epochs:
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse", metrics=[accuracy()])
+        model.fit(data.x_train, random_labels, batch_size=32, epochs=args.sharpening_epochs,
+                  verbose=0)
+        memorised = model.evaluate(data.x_train, random_labels, verbose=0,
+                                   return_dict=True)["accuracy"]
+        log(f"phase 1: random labels memorised to {memorised:.3f}")
+    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="mse",
+                  metrics=[accuracy()])
+    for epoch in range(1, args.max_clean_epochs + 1):
+        model.fit(data.x_train, y_train, batch_size=32, epochs=1, verbose=0)
+        train = model.evaluate(data.x_train, y_train, verbose=0, return_dict=True)["accuracy"]
+        if train == 1.0:
+            break
+    log(f"phase 2: training accuracy {train:.4f} after {epoch} clean epochs")
+    return model.get_weights(), {"memorised": memorised, "clean_epochs": epoch,
+                                 "train_accuracy": train}
+
+
+def rescale(weights, factor):
+    """Scales the hidden dense layer by `factor` and the output layer by 1/factor.
+
+    The network computes the same function (ReLU(c·z) = c·ReLU(z) for c > 0),
+    so every accuracy and the loss are unchanged, but the Hessian block of the
+    output layer grows by factor², making the minimum sharper. Gradient flow
+    conserves ‖W_hidden‖² - ‖W_out‖² for such homogeneous layers, so plain SGD
+    cannot undo it; flat-minima methods can.
+    """
+    *rest, hidden_kernel, hidden_bias, out_kernel, out_bias = weights
+    return rest + [hidden_kernel * factor, hidden_bias * factor, out_kernel / factor, out_bias]
+
+
+def normal_minimum(data, y_train, y_test, args):
+    """Plain training from scratch to 100% training accuracy, for reference."""
+    keras.utils.set_random_seed(args.seed)
+    model = cnn()
+    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="mse",
+                  metrics=[accuracy()])
+    for _ in range(args.max_clean_epochs):
+        model.fit(data.x_train, y_train, batch_size=32, epochs=1, verbose=0)
+        if model.evaluate(data.x_train, y_train, verbose=0, return_dict=True)["accuracy"] == 1.0:
+            break
+    test = model.evaluate(data.x_test, y_test, verbose=0, return_dict=True)["accuracy"]
+    probe = (data.x_train[:256], y_train[:256])
+    return {"test_accuracy": test,
+            "hessian_trace": keras_flat.hessian.hessian_trace(model, probe, num_probes=32).value}
+
+
+def escape(name, weights, data, y_train, y_test, args):
+    """Phase 3 for one method; returns its per-epoch history and final numbers."""
+    inner = cnn()
+    inner.set_weights(weights)
+    algorithm = {"none": None,
+                 "rs": keras_flat.algorithms.RandomSmoothing(rho=args.rs_rho),
+                 "sa": keras_flat.algorithms.SharpnessAware(
+                     rho=args.sa_rho, center=not args.sa_paper_rule,
+                     antithetic=not args.sa_paper_rule)}[name]
+    model = keras_flat.FlatMinimaModel(inner, algorithm, seed=args.seed)
+    model.compile(optimizer=keras.optimizers.SGD(args.lr), loss="mse", metrics=[accuracy()])
+    probe = (data.x_train[:256], y_train[:256])
+    start = {"train": model.evaluate(data.x_train, y_train, verbose=0, return_dict=True)["accuracy"],
+             "test": model.evaluate(data.x_test, y_test, verbose=0, return_dict=True)["accuracy"],
+             "trace": keras_flat.hessian.hessian_trace(model, probe, num_probes=16).value}
+    train_accuracy = []
+
+    class EvaluateTrain(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            train_accuracy.append(
+                self.model.evaluate(data.x_train, y_train, verbose=0, return_dict=True)["accuracy"])
+
+    started = time.perf_counter()
+    history = model.fit(
+        data.x_train, y_train, batch_size=32, epochs=args.epochs, verbose=0,
+        validation_data=(data.x_test, y_test),
+        callbacks=[callbacks.HessianTrace(probe, num_probes=16), EvaluateTrain()]).history
+    return {
+        "method": LABELS[name],
+        "train acc": train_accuracy[-1], "min train acc": min(train_accuracy),
+        "test acc start": start["test"], "test acc end": history["val_accuracy"][-1],
+        "trace start": start["trace"], "trace end": history["hessian_trace"][-1],
+        "seconds": time.perf_counter() - started,
+        "history": {"train_accuracy": [start["train"]] + train_accuracy,
+                    "test_accuracy": [start["test"]] + history["val_accuracy"],
+                    "hessian_trace": [start["trace"]] + history["hessian_trace"]},
+    }
+
+
+def plot(rows, reference, filename):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for row in rows:
+        h = row["history"]
+        epochs = np.arange(len(h["hessian_trace"]))
+        for ax, key in zip(axes, ("train_accuracy", "test_accuracy", "hessian_trace")):
+            ax.plot(epochs, h[key], label=row["method"])
+    axes[1].axhline(reference["test_accuracy"], color="k", ls="--", lw=0.7,
+                    label="normal training")
+    axes[2].axhline(reference["hessian_trace"], color="k", ls="--", lw=0.7,
+                    label="normal training")
+    for ax, title in zip(axes, ("training accuracy", "test accuracy",
+                                "Hessian trace (256 training examples)")):
+        ax.set(xlabel="epoch from the sharp minimum", title=title)
+    axes[1].legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(filename, dpi=90)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=30, help="epochs from the sharp minimum (30)")
+    parser.add_argument("--lr", type=float, default=0.02, help="constant SGD learning rate (0.02)")
+    parser.add_argument("--rs-rho", type=float, default=2.0, help="RS radius (2.0)")
+    parser.add_argument("--sa-rho", type=float, default=0.1, help="SA radius (0.1)")
+    parser.add_argument("--sa-paper-rule", action="store_true",
+                        help="run SA exactly as Algorithm 2 (default: center=True, "
+                             "antithetic=True, the same expected step without per-example noise)")
+    parser.add_argument("--sharpening-epochs", type=int, default=150,
+                        help="epochs of random-label training (150; 0 skips phase 1, so the "
+                             "sharp minimum is normal training's, rescaled)")
+    parser.add_argument("--max-clean-epochs", type=int, default=100,
+                        help="cap on clean epochs to reach 100%% training accuracy (100)")
+    parser.add_argument("--rescale", type=float, default=4.0,
+                        help="multiply the hidden dense layer by this and divide the output "
+                             "layer by it: the same function (ReLU is positively homogeneous) "
+                             "at a sharper minimum, as in Dinh et al. 2017 (4.0; 1 disables)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output-dir", default="examples_output", help="where to write outputs")
+    parser.add_argument("--quick", action="store_true",
+                        help="a short run for tests: no random-label phase, 6 epochs")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.epochs, args.sharpening_epochs = 6, 0
+    out = common.output_dir(args.output_dir)
+    data = datasets.load("digits", image_shape=True, seed=args.seed)
+    eye = np.eye(10, dtype="float32")
+    y_train, y_test = eye[data.y_train], eye[data.y_test]
+    cache = os.path.join(out, f"sharp_minimum_{args.sharpening_epochs}_{args.seed}.npz")
+    if os.path.exists(cache):
+        stored = np.load(cache)
+        weights = [stored[k] for k in stored.files]
+        info = {"cached": cache}
+    else:
+        weights, info = sharp_minimum(data, y_train, args, print)
+        np.savez(cache, *weights)
+    if args.sharpening_epochs:
+        reference = normal_minimum(data, y_train, y_test, args)
+    else:  # Phase 2 was normal training: its minimum, before rescaling, is the reference.
+        model = cnn()
+        model.set_weights(weights)
+        model.compile(loss="mse", metrics=[accuracy()])
+        reference = {
+            "test_accuracy": model.evaluate(data.x_test, y_test, verbose=0,
+                                            return_dict=True)["accuracy"],
+            "hessian_trace": keras_flat.hessian.hessian_trace(
+                model, (data.x_train[:256], y_train[:256]), num_probes=32).value}
+    weights = rescale(weights, args.rescale)
+    rows = [escape(name, weights, data, y_train, y_test, args) for name in ("none", "rs", "sa")]
+    plot(rows, reference, os.path.join(out, "escape_sharp_minimum.png"))
+    table = common.markdown_table(
+        rows, ["method", "train acc", "min train acc", "test acc start", "test acc end",
+               "trace start", "trace end", "seconds"])
+    table += (f"\n\nNormal training from scratch to 100% training accuracy: test accuracy "
+              f"{reference['test_accuracy']:.4f}, Hessian trace {reference['hessian_trace']:.4g}.")
+    common.save(out, "escape_sharp_minimum", table,
+                {"settings": vars(args), "sharpening": info, "normal": reference,
+                 "rows": rows})
+    return rows, reference
+
+
+if __name__ == "__main__":
+    main()
