@@ -22,13 +22,13 @@ def mlp(inputs=20, width=256, classes=10):
     ])
 
 
-def cnn(size=32, channels=3, classes=10, width=32):
+def cnn(size=32, channels=3, classes=10, width=32, batchnorm=True):
     """A small CNN: four 3x3 convolutions with BatchNorm, ~67k parameters."""
     layers = [keras.Input((size, size, channels))]
     for i, filters in enumerate((width, width, 2 * width, 2 * width)):
         layers += [
-            keras.layers.Conv2D(filters, 3, padding="same", use_bias=False),
-            keras.layers.BatchNormalization(),
+            keras.layers.Conv2D(filters, 3, padding="same", use_bias=not batchnorm),
+            keras.layers.BatchNormalization() if batchnorm else keras.layers.Identity(),
             keras.layers.ReLU(),
         ]
         if i % 2 == 1:
@@ -37,14 +37,14 @@ def cnn(size=32, channels=3, classes=10, width=32):
     return keras.Sequential(layers)
 
 
-MODELS = {"mlp": mlp, "cnn": cnn}
+MODELS = {"mlp": mlp, "cnn": cnn, "cnn-nobn": lambda: cnn(batchnorm=False)}
 
 
 def data(kind, batches, batch_size=128, seed=0):
     """Random inputs and integer labels for `batches` batches."""
     rng = np.random.default_rng(seed)
     n = batches * batch_size
-    shape = (n, 20) if kind == "mlp" else (n, 32, 32, 3)
+    shape = (n, 20) if kind == "mlp" else (n, 32, 32, 3)  # Both CNNs take images.
     return rng.normal(size=shape).astype("float32"), rng.integers(0, 10, n)
 
 

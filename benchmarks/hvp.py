@@ -16,11 +16,10 @@ Usage:
 import argparse
 import time
 
-from benchmarks import common
-
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from benchmarks import common
 from keras_flat import hessian  # noqa: E402
 from keras_flat import vector  # noqa: E402
 
@@ -53,7 +52,7 @@ def run(kinds, repeats, probes, jit=False):
             "hvp forward-over-backward": _timed(ops["forward_over_backward"].matvec, tangents),
             "hvp double backward": _timed(ops["double_backward"].matvec, tangents),
             f"hutchinson, {probes} probes": _timed(
-                lambda: hessian.hessian_trace(op, num_probes=probes).samples),
+                lambda op=op: hessian.hessian_trace(op, num_probes=probes).samples),
         }
         for r in runners.values():  # Trace everything first.
             r()

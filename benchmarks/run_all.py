@@ -49,8 +49,8 @@ def main(argv=None):
         print(f"Running {module} ...", flush=True)
         command, out = run(module, quick if args.quick else full)
         lines = out.splitlines()
-        machine = machine or next((l for l in lines if l.startswith("Machine:")), None)
-        body = "\n".join(l for l in lines if not l.startswith("Machine:")).strip()
+        machine = machine or next((line for line in lines if line.startswith("Machine:")), None)
+        body = "\n".join(line for line in lines if not line.startswith("Machine:")).strip()
         sections.append(f"## {title}\n\n`{command}`\n\n{body}\n")
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = (

@@ -17,9 +17,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
-
 from keras_flat import cli  # noqa: E402
+
+import common  # noqa: E402
 
 
 def main(argv=None):

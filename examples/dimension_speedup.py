@@ -25,12 +25,12 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
-
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_flat  # noqa: E402
+
+import common  # noqa: E402
 
 
 def vector_v1(k, a):

@@ -32,13 +32,14 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
-
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_flat  # noqa: E402
-from keras_flat import callbacks, datasets  # noqa: E402
+from keras_flat import callbacks  # noqa: E402
+from keras_flat import datasets  # noqa: E402
+
+import common  # noqa: E402
 
 LABELS = {"none": "plain SGD", "rs": "RS (Alg. 1)", "sa": "SA (Alg. 2)"}
 
@@ -75,7 +76,7 @@ def sharp_minimum(data, y_train, args, log):
         log(f"phase 1: random labels memorised to {memorised:.3f}")
     model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="mse",
                   metrics=[accuracy()])
-    for epoch in range(1, args.max_clean_epochs + 1):
+    for epoch in range(1, args.max_clean_epochs + 1):  # noqa: B007 (reported below)
         model.fit(data.x_train, y_train, batch_size=32, epochs=1, verbose=0)
         train = model.evaluate(data.x_train, y_train, verbose=0, return_dict=True)["accuracy"]
         if train == 1.0:

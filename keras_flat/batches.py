@@ -97,7 +97,7 @@ def _from_arrays(data, batch_size, argument):
     size = total if batch_size is None else batch_size
     out = []
     for start in range(0, total, size):
-        take = lambda t: None if t is None else t[start : start + size]  # noqa: E731
+        take = lambda t, start=start: None if t is None else t[start : start + size]  # noqa: E731
         out.append((
             tf.nest.map_structure(take, x),
             tf.nest.map_structure(take, y),

@@ -16,13 +16,14 @@ each costing about two to three gradient evaluations on that set.
 import math
 
 import keras
-import numpy as np
 
 from keras_flat import hessian
 from keras_flat.batches import as_batches
 from keras_flat.hessian.eigen import EIGEN_METHODS
 from keras_flat.hessian.operator import HVP_METHODS
 from keras_flat.hessian.trace import TRACE_METHODS
+from keras_flat.validation import check_choice
+from keras_flat.validation import check_count
 
 
 class _HessianCallback(keras.callbacks.Callback):
@@ -31,15 +32,11 @@ class _HessianCallback(keras.callbacks.Callback):
     def __init__(self, data, every_n_epochs, batch_size, num_batches, training,
                  hvp_method, loss, seed, verbose):
         super().__init__()
-        _check_int("every_n_epochs", every_n_epochs, 1)
-        _check_int("batch_size", batch_size, 1)
-        _check_int("num_batches", num_batches, 1)
-        _check_int("seed", seed, 0)
-        if hvp_method not in HVP_METHODS + ("auto",):
-            raise ValueError(
-                f"Argument `hvp_method` must be one of {list(HVP_METHODS + ('auto',))}. "
-                f"Received: hvp_method={hvp_method!r}."
-            )
+        check_count("every_n_epochs", every_n_epochs, 1)
+        check_count("batch_size", batch_size, 1)
+        check_count("num_batches", num_batches, 1)
+        check_count("seed", seed, 0)
+        check_choice("hvp_method", hvp_method, HVP_METHODS + ("auto",))
         # Materialise the fixed measurement set now, so bad data fails here.
         self.batches = as_batches(data, batch_size=batch_size, num_batches=num_batches)
         self.every_n_epochs = every_n_epochs
@@ -123,12 +120,8 @@ class HessianTrace(_HessianCallback):
     def __init__(self, data, num_probes=16, every_n_epochs=1, method="hutchinson",
                  batch_size=128, num_batches=4, training=False, hvp_method="auto",
                  loss=None, seed=0, resample_probes=False, verbose=0):
-        if method not in TRACE_METHODS:
-            raise ValueError(
-                f"Argument `method` must be one of {list(TRACE_METHODS)}. "
-                f"Received: method={method!r}."
-            )
-        _check_int("num_probes", num_probes, 3 if method == "hutch++" else 1)
+        check_choice("method", method, TRACE_METHODS)
+        check_count("num_probes", num_probes, 3 if method == "hutch++" else 1)
         super().__init__(data, every_n_epochs, batch_size, num_batches, training,
                          hvp_method, loss, seed, verbose)
         self.num_probes = num_probes
@@ -183,13 +176,9 @@ class TopEigenvalue(_HessianCallback):
     def __init__(self, data, k=1, every_n_epochs=1, method="lanczos", max_iterations=50,
                  tol=1e-3, batch_size=128, num_batches=4, training=False,
                  hvp_method="auto", loss=None, seed=0, warm_start=True, verbose=0):
-        _check_int("k", k, 1)
-        _check_int("max_iterations", max_iterations, 1)
-        if method not in EIGEN_METHODS:
-            raise ValueError(
-                f"Argument `method` must be one of {list(EIGEN_METHODS)}. "
-                f"Received: method={method!r}."
-            )
+        check_count("k", k, 1)
+        check_count("max_iterations", max_iterations, 1)
+        check_choice("method", method, EIGEN_METHODS)
         if not (isinstance(tol, (int, float)) and 0 < tol < 1):
             raise ValueError(f"Argument `tol` must be in (0, 1). Received: tol={tol!r}.")
         super().__init__(data, every_n_epochs, batch_size, num_batches, training,
@@ -213,9 +202,3 @@ class TopEigenvalue(_HessianCallback):
         self.last = result
         return {key: float(v) for key, v in zip(self.keys(), result.values)}
 
-
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(
-            f"Argument `{name}` must be an integer >= {minimum}. Received: {name}={value!r}."
-        )

@@ -8,12 +8,12 @@ import tensorflow as tf
 
 from keras_flat import algorithms as algorithms_module
 from keras_flat import guard
-from keras_flat.algorithms.base import check_choice
-from keras_flat.algorithms.base import check_number
 from keras_flat.oracle import GradientOracle
 from keras_flat.oracle import loss_scale
 from keras_flat.oracle import rescale_gradients
 from keras_flat.oracle import unscale_gradients
+from keras_flat.validation import check_choice
+from keras_flat.validation import check_number
 
 # Keyword arguments of keras.Model itself; everything else configures the
 # algorithm.

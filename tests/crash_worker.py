@@ -16,7 +16,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_flat  # noqa: E402
-from helpers import mlp, regression_data  # noqa: E402
+
+from helpers import mlp  # noqa: E402
+from helpers import regression_data  # noqa: E402
 
 
 class KillMidEpoch(keras.callbacks.Callback):

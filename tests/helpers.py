@@ -1,8 +1,7 @@
 """Small models and reference computations shared by the tests."""
 
-import numpy as np
 import keras
-import tensorflow as tf
+import numpy as np
 
 import keras_flat
 
@@ -117,3 +116,15 @@ def np_project_out(h, g):
         return [np.asarray(t, np.float64) for t in h]
     c = flat_dot(h, g) / gn ** 2
     return [np.asarray(a, np.float64) - c * np.asarray(b, np.float64) for a, b in zip(h, g)]
+
+
+def load_example(name):
+    """Imports examples/<name>.py as a module."""
+    import importlib.util
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location(name, os.path.join(root, "examples", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -18,7 +18,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_flat  # noqa: E402
-from helpers import mlp, regression_data  # noqa: E402
+
+from helpers import mlp  # noqa: E402
+from helpers import regression_data  # noqa: E402
 
 ALGORITHMS = {
     "none": lambda: None,

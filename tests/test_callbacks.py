@@ -11,7 +11,8 @@ import keras_flat
 from keras_flat import callbacks
 from keras_flat import hessian
 
-from helpers import mlp, regression_data
+from helpers import mlp
+from helpers import regression_data
 
 
 def _model(wrapped, jit):

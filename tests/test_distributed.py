@@ -13,7 +13,9 @@ from keras_flat import hessian
 from keras_flat.oracle import GradientOracle
 
 from conftest import NUM_LOGICAL_CPUS
-from helpers import flat_norm, mlp, regression_data
+from helpers import flat_norm
+from helpers import mlp
+from helpers import regression_data
 
 pytestmark = pytest.mark.distributed
 

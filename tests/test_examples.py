@@ -1,19 +1,15 @@
 """Each example runs with --quick and reproduces the claim it is about."""
 
-import importlib.util
 import json
 import os
 
 import pytest
 
+from helpers import load_example
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _example(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "examples", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _outputs(tmp_path, name):
@@ -26,7 +22,7 @@ def _outputs(tmp_path, name):
 
 
 def test_two_dim_manifold_matches_the_predicted_rates(tmp_path):
-    _example("two_dim_manifold").main(["--quick", "--output-dir", str(tmp_path)])
+    load_example("two_dim_manifold").main(["--quick", "--output-dir", str(tmp_path)])
     rows = {r["method"]: r for r in _outputs(tmp_path, "two_dim_manifold")["rows"]}
     assert rows["plain GD"]["measured rate"] == pytest.approx(0.0, abs=1e-6)
     assert rows["plain GD"]["final trace"] == pytest.approx(rows["plain GD"]["start trace"])
@@ -38,7 +34,7 @@ def test_two_dim_manifold_matches_the_predicted_rates(tmp_path):
 
 
 def test_dimension_speedup_ratio_is_the_dimension(tmp_path):
-    _example("dimension_speedup").main(["--quick", "--output-dir", str(tmp_path)])
+    load_example("dimension_speedup").main(["--quick", "--output-dir", str(tmp_path)])
     results = _outputs(tmp_path, "dimension_speedup")
     ratios = {r["D"]: r["SA/RS ratio"] for r in results["rows"]}
     assert set(ratios) == {2, 8}
@@ -49,7 +45,7 @@ def test_dimension_speedup_ratio_is_the_dimension(tmp_path):
 
 
 def test_escape_sharp_minimum_lowers_the_trace_at_full_training_accuracy(tmp_path):
-    _example("escape_sharp_minimum").main(["--quick", "--output-dir", str(tmp_path)])
+    load_example("escape_sharp_minimum").main(["--quick", "--output-dir", str(tmp_path)])
     results = _outputs(tmp_path, "escape_sharp_minimum")
     rows = {r["method"]: r for r in results["rows"]}
     plain = rows["plain SGD"]
@@ -63,7 +59,7 @@ def test_escape_sharp_minimum_lowers_the_trace_at_full_training_accuracy(tmp_pat
 
 
 def test_compare_optimizers_reports_mean_and_spread(tmp_path):
-    rows, results = _example("compare_optimizers").main(["--quick", "--output-dir", str(tmp_path)])
+    rows, results = load_example("compare_optimizers").main(["--quick", "--output-dir", str(tmp_path)])
     with open(os.path.join(tmp_path, "compare_optimizers.json")) as f:
         summary = {r["algorithm"].split(",")[0]: r for r in json.load(f)["summary"]}
     assert set(summary) == {"plain SGD", "SAM", "ASAM", "RS (Alg. 1)", "SA (Alg. 2)"}

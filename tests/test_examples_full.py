@@ -3,32 +3,28 @@
 Run with `pytest -m slow`.
 """
 
-import importlib.util
 import os
 
 import pytest
+
+from helpers import load_example
 
 pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _example(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "examples", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_full_two_dim_manifold(tmp_path):
-    rows = {r["method"]: r for r in _example("two_dim_manifold").main(["--output-dir", str(tmp_path)])}
+    rows = {r["method"]: r for r in load_example("two_dim_manifold").main(["--output-dir", str(tmp_path)])}
     for name in ("RS (Alg. 1)", "SA (Alg. 2)"):
         assert rows[name]["measured rate"] == pytest.approx(rows[name]["predicted rate"], rel=0.1)
         assert rows[name]["final trace"] == pytest.approx(4.0, rel=0.02)  # The flattest minimum.
 
 
 def test_full_dimension_speedup(tmp_path):
-    rows, finals = _example("dimension_speedup").main(["--output-dir", str(tmp_path)])
+    rows, finals = load_example("dimension_speedup").main(["--output-dir", str(tmp_path)])
     for row in rows:
         assert row["SA/RS ratio"] == pytest.approx(row["D"], rel=0.3)
     finals = {r["SA examples"]: r["final trace"] for r in finals}
@@ -36,7 +32,7 @@ def test_full_dimension_speedup(tmp_path):
 
 
 def test_full_escape_sharp_minimum(tmp_path):
-    rows, reference = _example("escape_sharp_minimum").main(["--output-dir", str(tmp_path)])
+    rows, reference = load_example("escape_sharp_minimum").main(["--output-dir", str(tmp_path)])
     rows = {r["method"]: r for r in rows}
     assert rows["plain SGD"]["train acc"] == 1.0
     assert rows["SA (Alg. 2)"]["trace end"] < rows["RS (Alg. 1)"]["trace end"] \

@@ -13,7 +13,10 @@ import tensorflow as tf
 import keras_flat
 from keras_flat import algorithms
 
-from helpers import NumpyMLP, flat_norm, mlp, regression_data
+from helpers import NumpyMLP
+from helpers import flat_norm
+from helpers import mlp
+from helpers import regression_data
 
 ALL = {
     "none": lambda: None,

@@ -8,7 +8,10 @@ import tensorflow as tf
 from keras_flat import hessian
 from keras_flat import vector
 
-from helpers import NumpyMLP, mlp, regression_data, v1_model
+from helpers import NumpyMLP
+from helpers import mlp
+from helpers import regression_data
+from helpers import v1_model
 
 
 def _finite_difference_hessian(model, x, y, l2=0.0, h=1e-5):

@@ -6,7 +6,9 @@ import pytest
 
 import keras_flat
 
-from helpers import mlp, regression_data, train_v1
+from helpers import mlp
+from helpers import regression_data
+from helpers import train_v1
 
 ETA, RHO, STEPS = 0.02, 0.3, 300
 

@@ -6,11 +6,13 @@ passed through the optimizer feature by hand.
 
 import keras
 import numpy as np
-import pytest
 
 import keras_flat
 
-from helpers import NumpyMLP, flat_norm, mlp, regression_data
+from helpers import NumpyMLP
+from helpers import flat_norm
+from helpers import mlp
+from helpers import regression_data
 
 RHO, LR = 0.3, 0.1
 

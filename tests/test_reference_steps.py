@@ -9,8 +9,12 @@ import keras_flat
 from keras_flat import algorithms
 from keras_flat.oracle import GradientOracle
 
-from helpers import (NumpyMLP, flat_dot, flat_norm, mlp, np_project_out,
-                     regression_data)
+from helpers import NumpyMLP
+from helpers import flat_dot
+from helpers import flat_norm
+from helpers import mlp
+from helpers import np_project_out
+from helpers import regression_data
 
 LR = 0.1
 L2 = 0.01

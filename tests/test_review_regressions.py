@@ -7,10 +7,11 @@ import pytest
 import tensorflow as tf
 
 import keras_flat
-from keras_flat import algorithms, hessian
+from keras_flat import hessian
 from keras_flat.oracle import GradientOracle
 
-from helpers import mlp, regression_data
+from helpers import mlp
+from helpers import regression_data
 
 
 def test_sa_examples_of_a_batchnorm_model_are_masked_not_gathered():

@@ -4,7 +4,7 @@ import keras
 
 from keras_flat import vector
 from keras_flat.algorithms.base import PerturbationAlgorithm
-from keras_flat.algorithms.base import check_bool
+from keras_flat.validation import check_bool
 
 
 @keras.saving.register_keras_serializable(package="keras_flat")

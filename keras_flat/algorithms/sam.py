@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from keras_flat import vector
 from keras_flat.algorithms.base import Algorithm
-from keras_flat.algorithms.base import check_number
+from keras_flat.validation import check_number
 
 # Variables ASAM does not rescale: biases and normalisation offsets, the
 # Keras counterparts of the parameters named "bias" in the reference code.

@@ -5,8 +5,8 @@ import tensorflow as tf
 
 from keras_flat import vector
 from keras_flat.algorithms.base import PerturbationAlgorithm
-from keras_flat.algorithms.base import check_bool
-from keras_flat.algorithms.base import check_number
+from keras_flat.validation import check_bool
+from keras_flat.validation import check_number
 
 # Below this norm a per-example gradient counts as zero and the direction
 # is taken at a jittered point instead (the paper's Remark 2).

@@ -36,6 +36,8 @@ from keras_flat.hessian.trace import TRACE_METHODS
 from keras_flat.hessian.trace import TraceEstimate
 from keras_flat.hessian.trace import hutch_plus_plus
 from keras_flat.hessian.trace import hutchinson
+from keras_flat.validation import check_choice
+from keras_flat.validation import check_count
 
 _OPERATOR_ARGS = ("loss", "training", "method", "batch_size", "num_batches", "jit_compile")
 
@@ -126,12 +128,8 @@ def hessian_trace(model, data=None, num_probes=32, method="hutchinson", seed=0,
     print(f"{est.value:.3f} ± {est.stderr:.3f}")
     ```
     """
-    _check_count("num_probes", num_probes, 3 if method == "hutch++" else 1)
-    if method not in TRACE_METHODS:
-        raise ValueError(
-            f"Argument `method` must be one of {list(TRACE_METHODS)}. "
-            f"Received: method={method!r}."
-        )
+    check_choice("method", method, TRACE_METHODS)
+    check_count("num_probes", num_probes, 3 if method == "hutch++" else 1)
     op = operator_for(model, data, **_operator_kwargs(operator_kwargs))
     seed = _seed(seed)
     if method == "hutchinson":
@@ -170,13 +168,9 @@ def top_eigenvalues(model, data=None, k=1, method="lanczos", max_iterations=100,
                                                initial_vectors=first.vectors)
     ```
     """
-    _check_count("k", k, 1)
-    _check_count("max_iterations", max_iterations, 1)
-    if method not in EIGEN_METHODS:
-        raise ValueError(
-            f"Argument `method` must be one of {list(EIGEN_METHODS)}. "
-            f"Received: method={method!r}."
-        )
+    check_count("k", k, 1)
+    check_count("max_iterations", max_iterations, 1)
+    check_choice("method", method, EIGEN_METHODS)
     op = operator_for(model, data, **_operator_kwargs(operator_kwargs))
     if k > op.dimension:
         raise ValueError(
@@ -217,9 +211,9 @@ def spectral_density(model, data=None, num_probes=4, num_steps=40, grid_size=512
     Returns:
         A `SpectralDensity` (`grid`, `density`, `nodes`, `weights`, `sigma`).
     """
-    _check_count("num_probes", num_probes, 1)
-    _check_count("num_steps", num_steps, 1)
-    _check_count("grid_size", grid_size, 2)
+    check_count("num_probes", num_probes, 1)
+    check_count("num_steps", num_steps, 1)
+    check_count("grid_size", grid_size, 2)
     op = operator_for(model, data, **_operator_kwargs(operator_kwargs))
     starts = np.random.default_rng(seed).choice([-1.0, 1.0], size=(num_probes, op.dimension))
     nodes, weights = stochastic_lanczos_quadrature(
@@ -283,18 +277,8 @@ def _operator_kwargs(kwargs):
     return kwargs
 
 
-def _check_count(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(
-            f"Argument `{name}` must be an integer >= {minimum}. "
-            f"Received: {name}={value!r}."
-        )
-
-
 def _seed(seed):
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"Argument `seed` must be an integer. Received: seed={seed!r}.")
-    return tf.constant([int(seed), 0], tf.int64)
+    return tf.constant([check_count("seed", seed, 0), 0], tf.int64)
 
 
 __all__ = [

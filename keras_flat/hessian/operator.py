@@ -9,6 +9,7 @@ import tensorflow as tf
 from keras_flat import vector
 from keras_flat.batches import as_batches
 from keras_flat.batches import batch_size_of
+from keras_flat.validation import check_choice
 
 HVP_METHODS = ("forward_over_backward", "double_backward")
 
@@ -62,11 +63,7 @@ class HessianOperator:
         jit_compile=False,
     ):
         check_model(model)
-        if method not in HVP_METHODS + ("auto",):
-            raise ValueError(
-                "Argument `method` must be one of "
-                f"{list(HVP_METHODS + ('auto',))}. Received: method={method!r}."
-            )
+        check_choice("method", method, HVP_METHODS + ("auto",))
         if loss is not None and not callable(loss):
             raise TypeError(
                 f"Argument `loss` must be callable or None. Received: loss={loss!r}."
