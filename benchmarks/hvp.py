@@ -71,7 +71,8 @@ def run(kinds, repeats, probes, jit=False):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=sorted(common.MODELS))
+    parser.add_argument("--models", nargs="+", default=["mlp", "cnn"],
+                        choices=sorted(common.MODELS))
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--probes", type=int, default=16)
     parser.add_argument("--jit", action="store_true")

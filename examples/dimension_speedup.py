@@ -70,8 +70,9 @@ class DiagonalLinear(keras.layers.Layer):
         self.u0, self.v0 = u, v
 
     def build(self, input_shape):
-        self.u = self.add_weight(shape=self.u0.shape, initializer=keras.initializers.Constant(self.u0))
-        self.v = self.add_weight(shape=self.v0.shape, initializer=keras.initializers.Constant(self.v0))
+        constant = keras.initializers.Constant
+        self.u = self.add_weight(shape=self.u0.shape, initializer=constant(self.u0))
+        self.v = self.add_weight(shape=self.v0.shape, initializer=constant(self.v0))
 
     def call(self, x):
         return keras.ops.sum(x * self.u * self.v, axis=-1, keepdims=True)
@@ -186,7 +187,8 @@ def main(argv=None):
               for m, c in curves.items()]
     table = (common.markdown_table(rows, ["D", "RS rate", "RS predicted", "SA rate",
                                           "SA predicted", "SA/RS ratio", "predicted ratio"])
-             + "\n\n" + common.markdown_table(finals, ["SA examples", "start trace", "final trace"]))
+             + "\n\n"
+             + common.markdown_table(finals, ["SA examples", "start trace", "final trace"]))
     common.save(out, "dimension_speedup", table,
                 {"settings": vars(args), "rows": rows, "examples": finals})
     return rows, finals

@@ -115,7 +115,8 @@ def plot(paths, args, filename):
         first = paths[method][0]
         line, = left.plot(first[:, 0], first[:, 1], lw=1.2, label=LABELS[method])
         traces = np.array([2 * (p[:, 0] ** 2 + p[:, 1] ** 2) for p in paths[method]])
-        right.plot(steps, traces.mean(0), color=line.get_color(), label=f"{LABELS[method]} measured")
+        right.plot(steps, traces.mean(0), color=line.get_color(),
+                   label=f"{LABELS[method]} measured")
         rate = {"rs": 2, "sa": 4}.get(method)
         if rate:
             predicted = imbalance0 * (1 - rate * args.lr * args.rho**2) ** steps

@@ -72,10 +72,12 @@ class _HessianCallback(keras.callbacks.Callback):
             print(f"Epoch {epoch + 1}: {text}")
 
     def measure(self, operator):
-        raise NotImplementedError
+        """Returns `{key: value}` for every key of `keys()`, measured with `operator`."""
+        raise NotImplementedError(f"{type(self).__name__} must implement `measure`.")
 
     def keys(self):
-        raise NotImplementedError
+        """Returns the names of the values this callback writes into `logs`."""
+        raise NotImplementedError(f"{type(self).__name__} must implement `keys`.")
 
 
 class HessianTrace(_HessianCallback):

@@ -62,7 +62,8 @@ def load(name="digits", test_fraction=0.25, seed=0, image_shape=False, limit=Non
         raise ValueError(f"Argument `name` must be a dataset name. Received: name={name!r}.")
     if not 0 < test_fraction < 1:
         raise ValueError(
-            f"Argument `test_fraction` must be in (0, 1). Received: test_fraction={test_fraction!r}."
+            "Argument `test_fraction` must be in (0, 1). "
+            f"Received: test_fraction={test_fraction!r}."
         )
     if name == "digits":
         data = _digits(test_fraction, seed, image_shape)

@@ -222,7 +222,8 @@ def plot(results, path, title="keras-flat demo"):
         line, = left.plot(epochs, traces.mean(0), label=name)
         right.plot(epochs, accuracy.mean(0), color=line.get_color(), label=name)
         if len(runs) > 1:
-            left.fill_between(epochs, traces.min(0), traces.max(0), color=line.get_color(), alpha=0.2)
+            left.fill_between(epochs, traces.min(0), traces.max(0), color=line.get_color(),
+                              alpha=0.2)
             right.fill_between(epochs, accuracy.min(0), accuracy.max(0), color=line.get_color(),
                                alpha=0.2)
     left.set(xlabel="epoch", ylabel="Hessian trace (Hutchinson)", ylim=(0, None),
