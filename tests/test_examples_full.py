@@ -14,8 +14,6 @@ pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-
-
 def test_full_two_dim_manifold(tmp_path):
     rows = {r["method"]: r for r in load_example("two_dim_manifold").main(["--output-dir", str(tmp_path)])}
     for name in ("RS (Alg. 1)", "SA (Alg. 2)"):
@@ -34,6 +32,16 @@ def test_full_dimension_speedup(tmp_path):
 def test_full_escape_sharp_minimum(tmp_path):
     rows, reference = load_example("escape_sharp_minimum").main(["--output-dir", str(tmp_path)])
     rows = {r["method"]: r for r in rows}
-    assert rows["plain SGD"]["train acc"] == 1.0
-    assert rows["SA (Alg. 2)"]["trace end"] < rows["RS (Alg. 1)"]["trace end"] \
-        < rows["plain SGD"]["trace end"]
+    plain, rs, sa = rows["plain SGD"], rows["RS (Alg. 1)"], rows["SA (Alg. 2)"]
+    # The poisoned start is a global minimum of the clean loss that generalises badly.
+    assert plain["test acc start"] < reference["test_accuracy"] - 0.05
+    for row in rows.values():
+        assert row["train acc"] == 1.0, row["method"]
+        assert row["min train acc"] >= 0.998, row["method"]  # At most two examples, briefly.
+    # Plain SGD stays; SA (rho 0.05) lowers the trace faster than RS (rho 4) ...
+    assert plain["test acc end"] == pytest.approx(plain["test acc start"], abs=0.01)
+    assert sa["trace end"] < rs["trace end"] < plain["trace end"]
+    # ... and escapes towards better generalisation.
+    assert sa["test acc end"] > sa["test acc start"] + 0.03
+    assert sa["test acc end"] > plain["test acc end"] + 0.03
+    assert rs["test acc end"] >= plain["test acc end"]
