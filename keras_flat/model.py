@@ -146,6 +146,7 @@ class FlatMinimaModel(keras.Model):
             oracle = GradientOracle(
                 self, x, y, sample_weight, variables,
                 seed=self.seed_generator.next(), scale=scale,
+                step=self.optimizer.iterations,
             )
             update, grad_norm, perturbed = self.algorithm.compute_update(
                 oracle, grads

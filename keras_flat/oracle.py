@@ -34,12 +34,17 @@ class GradientOracle:
         trainable_variables: The variables the optimizer updates.
         seed: The step's stateless seed, an int tensor of shape `(2,)`.
         scale: The step's loss scale (from `loss_scale`), or None.
+        step: The training step's index (the optimizer's `iterations`
+            before this step's update), for algorithms that perturb on a
+            schedule.
     """
 
     def __init__(
-        self, model, x, y, sample_weight, trainable_variables, seed, scale=None
+        self, model, x, y, sample_weight, trainable_variables, seed, scale=None,
+        step=None,
     ):
         self._scale = scale
+        self.step = tf.constant(0, "int64") if step is None else tf.cast(step, "int64")
         self._model = model
         self._x = x
         self._y = y

@@ -14,11 +14,12 @@ from helpers import mlp
 ALL = [
     algorithms.NoPerturbation(),
     algorithms.RandomSmoothing(rho=0.3, tolerance=1e-3, perturbed_lr_scale=2.0,
-                               project=False, antithetic=True, perturbation_sync="replica"),
+                               project=False, antithetic=True, perturbation_sync="replica",
+                               interval=3),
     algorithms.SharpnessAware(rho=0.1, tolerance=0.5, perturbed_lr_scale=0.5,
                               project=True, examples=3, jitter=1e-4, center=True,
                               antithetic=True),
-    algorithms.SAM(rho=0.07),
+    algorithms.SAM(rho=0.07, interval=4),
     algorithms.ASAM(rho=0.9, eta=0.02),
 ]
 
@@ -60,6 +61,7 @@ def test_defaults_match_the_documented_ones():
     assert (rs.tolerance, rs.perturbed_lr_scale, rs.project) == (None, 1.0, True)
     assert algorithms.SharpnessAware(0.1).examples == 1
     assert rs.perturbation_sync == "global"
+    assert rs.interval == algorithms.SAM().interval == algorithms.ASAM().interval == 1
 
 
 @pytest.mark.parametrize(
@@ -83,6 +85,10 @@ def test_defaults_match_the_documented_ones():
         (algorithms.RandomSmoothing, "antithetic", None, TypeError),
         (algorithms.SharpnessAware, "jitter", -1e-3, ValueError),
         (algorithms.SAM, "perturbation_sync", "sometimes", ValueError),
+        (algorithms.SAM, "interval", 0, ValueError),
+        (algorithms.ASAM, "interval", 2.5, TypeError),
+        (algorithms.RandomSmoothing, "interval", -1, ValueError),
+        (algorithms.SharpnessAware, "interval", "2", TypeError),
     ],
 )
 def test_bad_arguments_fail_at_construction_naming_argument_and_value(

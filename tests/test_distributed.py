@@ -40,6 +40,7 @@ ALGORITHMS = {
     "sa_paper": lambda sync: algorithms.SharpnessAware(rho=0.2, perturbation_sync=sync),
     "sam": lambda sync: algorithms.SAM(rho=0.1, perturbation_sync=sync),
     "asam": lambda sync: algorithms.ASAM(rho=0.3, perturbation_sync=sync),
+    "sam_every2": lambda sync: algorithms.SAM(rho=0.1, perturbation_sync=sync, interval=2),
 }
 
 
@@ -56,7 +57,7 @@ def _train(name, sync, strategy=None, epochs=3, tolerance=None, x=None, y=None):
     return [np.array(v) for v in model.trainable_variables], history.history
 
 
-@pytest.mark.parametrize("name", ["none", "rs", "sa", "sa_paper", "sam", "asam"])
+@pytest.mark.parametrize("name", ["none", "rs", "sa", "sa_paper", "sam", "asam", "sam_every2"])
 def test_global_sync_equals_single_device_training_on_the_global_batch(name):
     single, single_logs = _train(name, "global")
     mirrored, mirrored_logs = _train(name, "global", _strategy())

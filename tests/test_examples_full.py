@@ -1,4 +1,4 @@
-"""The examples' full default runs reproduce the paper's claims (slow: ~15 min).
+"""The examples' full default runs reproduce the paper's claims (slow: ~10 min).
 
 Run with `pytest -m slow`.
 """

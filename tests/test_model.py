@@ -21,6 +21,7 @@ ALGORITHMS = {
     "sa": lambda: algorithms.SharpnessAware(rho=0.1, examples=2),
     "sam": lambda: algorithms.SAM(rho=0.1),
     "asam": lambda: algorithms.ASAM(rho=0.3),
+    "sa_every2": lambda: algorithms.SharpnessAware(rho=0.1, examples=2, interval=2),
 }
 
 
@@ -43,18 +44,20 @@ def _assert_all_equal(a, b):
 # ---- Weights are never changed by a perturbed pass ----------------------
 
 
-@pytest.mark.parametrize("name", ["rs", "sa", "sam", "asam"])
+@pytest.mark.parametrize("name", ["rs", "sa", "sam", "asam", "sa_every2"])
 def test_learning_rate_zero_leaves_weights_bit_identical(name):
     x, y = regression_data(n=100)
     inner = mlp(batchnorm=True)
     start = _trainable(inner)
-    model = _compile(keras_flat.FlatMinimaModel(inner, ALGORITHMS[name](), seed=1), lr=0.0)
+    algorithm = ALGORITHMS[name]()
+    model = _compile(keras_flat.FlatMinimaModel(inner, algorithm, seed=1), lr=0.0)
     history = model.fit(x, y, batch_size=10, epochs=10, shuffle=False, verbose=0)
-    assert history.history["perturbed"] == [1.0] * 10  # 100 perturbed steps...
+    # 100 steps, each perturbed (every second one with interval=2)...
+    assert history.history["perturbed"] == [1.0 / algorithm.interval] * 10
     _assert_all_equal(_trainable(inner), start)  # ...and not one bit moved.
 
 
-@pytest.mark.parametrize("name", ["rs", "sa", "sam", "asam"])
+@pytest.mark.parametrize("name", ["rs", "sa", "sam", "asam", "sa_every2"])
 def test_batchnorm_statistics_follow_the_clean_pass_only(name):
     x, y = regression_data(n=60)
     plain_inner, inner = mlp(batchnorm=True), mlp(batchnorm=True)

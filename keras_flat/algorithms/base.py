@@ -102,6 +102,11 @@ class PerturbationAlgorithm(Algorithm):
         project: Whether to project the perturbed gradient orthogonally to
             the clean gradient, as the paper does.
         perturbation_sync: See `Algorithm`.
+        interval: Perturb only on every `interval`-th training step (counted
+            by `optimizer.iterations`, starting with the first); the other
+            steps are plain. An integer >= 1; 1 (default) perturbs at every
+            step the tolerance allows. A cost knob: a step that does not
+            perturb costs one gradient evaluation.
     """
 
     def __init__(
@@ -111,9 +116,11 @@ class PerturbationAlgorithm(Algorithm):
         perturbed_lr_scale=1.0,
         project=True,
         perturbation_sync="global",
+        interval=1,
     ):
         super().__init__(perturbation_sync=perturbation_sync)
         self.rho = check_number("rho", rho, minimum=0.0)
+        self.interval = check_interval(interval)
         self.tolerance = (
             None
             if tolerance is None
@@ -169,9 +176,12 @@ class PerturbationAlgorithm(Algorithm):
                 step = vector.scale(step, self.perturbed_lr_scale)
             return step
 
-        if self.tolerance is None:
+        take = None
+        if self.tolerance is not None:
+            take = grad_norm <= tf.cast(self.tolerance, grad_norm.dtype)
+        take = due(oracle, self.interval, take)
+        if take is None:
             return perturbed_step(), grad_norm, tf.constant(1.0)
-        take = grad_norm <= tf.cast(self.tolerance, grad_norm.dtype)
         update = tf.cond(take, perturbed_step, lambda: grads)
         return list(update), grad_norm, tf.cast(take, tf.float32)
 
@@ -182,5 +192,27 @@ class PerturbationAlgorithm(Algorithm):
             tolerance=self.tolerance,
             perturbed_lr_scale=self.perturbed_lr_scale,
             project=self.project,
+            interval=self.interval,
         )
         return config
+
+
+def check_interval(interval):
+    """Validates the `interval` argument of the perturbing algorithms."""
+    return check_number("interval", interval, minimum=1, integer=True)
+
+
+def due(oracle, interval, condition=None):
+    """Whether this step perturbs, as a scalar bool tensor, or None for "always".
+
+    Combines an optional data-dependent `condition` (a scalar bool tensor)
+    with the schedule "every `interval`-th step". The step count is the
+    optimizer's, a variable mirrored across replicas, so every replica takes
+    the same branch without a collective.
+    """
+    if interval == 1:
+        return condition
+    on_schedule = tf.equal(tf.math.floormod(oracle.step, interval), 0)
+    if condition is None:
+        return on_schedule
+    return tf.logical_and(condition, on_schedule)

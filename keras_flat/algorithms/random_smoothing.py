@@ -38,6 +38,8 @@ class RandomSmoothing(PerturbationAlgorithm):
             paper's rule).
         perturbation_sync: `"global"` (default) or `"replica"`; see
             `keras_flat.algorithms.Algorithm`.
+        interval: Perturb only on every `interval`-th step (1, the
+            default, is the paper's rule); see `PerturbationAlgorithm`.
 
     Example:
 
@@ -53,6 +55,7 @@ class RandomSmoothing(PerturbationAlgorithm):
         project=True,
         antithetic=False,
         perturbation_sync="global",
+        interval=1,
     ):
         super().__init__(
             rho=rho,
@@ -60,6 +63,7 @@ class RandomSmoothing(PerturbationAlgorithm):
             perturbed_lr_scale=perturbed_lr_scale,
             project=project,
             perturbation_sync=perturbation_sync,
+            interval=interval,
         )
         self.antithetic = check_bool("antithetic", antithetic)
 

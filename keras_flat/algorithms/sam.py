@@ -5,6 +5,8 @@ import tensorflow as tf
 
 from keras_flat import vector
 from keras_flat.algorithms.base import Algorithm
+from keras_flat.algorithms.base import check_interval
+from keras_flat.algorithms.base import due
 from keras_flat.validation import check_number
 
 # Variables ASAM does not rescale: biases and normalisation offsets, the
@@ -19,7 +21,8 @@ class SAM(Algorithm):
     Each step evaluates the batch gradient `g`, moves to the worst-case
     point `w + rho * g/‖g‖` of the whole-model ball, and hands the gradient
     there to the optimizer. A zero gradient gives a zero perturbation (the
-    step is then a plain step). Cost: two gradient evaluations per step.
+    step is then a plain step). Cost: two gradient evaluations per step, or
+    on average `1 + 1/interval` with `interval > 1`.
 
     Args:
         rho: Radius of the ascent step, a finite number >= 0. Defaults to
@@ -27,15 +30,20 @@ class SAM(Algorithm):
         perturbation_sync: `"global"` (default) or `"replica"`; see
             `keras_flat.algorithms.Algorithm`. `"replica"` is the m-sharpness
             variant of the SAM paper's own code.
+        interval: Take the SAM step only on every `interval`-th training
+            step (counted by `optimizer.iterations`, starting with the
+            first) and plain steps in between, as MosaicML Composer's SAM
+            does. An integer >= 1; defaults to 1 (every step).
 
     Example:
 
     >>> model = keras_flat.FlatMinimaModel(inner, SAM(rho=0.05))  # doctest: +SKIP
     """
 
-    def __init__(self, rho=0.05, perturbation_sync="global"):
+    def __init__(self, rho=0.05, perturbation_sync="global", interval=1):
         super().__init__(perturbation_sync=perturbation_sync)
         self.rho = check_number("rho", rho, minimum=0.0)
+        self.interval = check_interval(interval)
 
     def ascent(self, oracle, view):
         """`(ε, ‖view‖)`: the perturbation for the gradient `view`, and its norm."""
@@ -45,12 +53,16 @@ class SAM(Algorithm):
     def compute_update(self, oracle, grads):
         view = oracle.global_view(list(grads), self.perturbation_sync)
         offset, grad_norm = self.ascent(oracle, view)
-        _, update = oracle.gradient(offset=offset)
-        return list(update), grad_norm, tf.constant(1.0)
+        take = due(oracle, self.interval)
+        if take is None:
+            return list(oracle.gradient(offset=offset)[1]), grad_norm, tf.constant(1.0)
+        update = tf.cond(take, lambda: list(oracle.gradient(offset=offset)[1]),
+                         lambda: list(grads))
+        return list(update), grad_norm, tf.cast(take, tf.float32)
 
     def get_config(self):
         config = super().get_config()
-        config.update(rho=self.rho)
+        config.update(rho=self.rho, interval=self.interval)
         return config
 
 
@@ -71,14 +83,16 @@ class ASAM(SAM):
         eta: The offset in `T_w`, a finite number >= 0. Defaults to 0.01.
         perturbation_sync: `"global"` (default) or `"replica"`; see
             `keras_flat.algorithms.Algorithm`.
+        interval: Take the ASAM step only on every `interval`-th step; see
+            `SAM`.
 
     Example:
 
     >>> model = keras_flat.FlatMinimaModel(inner, ASAM(rho=0.5))  # doctest: +SKIP
     """
 
-    def __init__(self, rho=0.5, eta=0.01, perturbation_sync="global"):
-        super().__init__(rho=rho, perturbation_sync=perturbation_sync)
+    def __init__(self, rho=0.5, eta=0.01, perturbation_sync="global", interval=1):
+        super().__init__(rho=rho, perturbation_sync=perturbation_sync, interval=interval)
         self.eta = check_number("eta", eta, minimum=0.0)
 
     def ascent(self, oracle, view):

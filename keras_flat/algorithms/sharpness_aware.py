@@ -72,6 +72,8 @@ class SharpnessAware(PerturbationAlgorithm):
             examples. Defaults to False (the paper's rule).
         perturbation_sync: `"global"` (default) or `"replica"`; see
             `keras_flat.algorithms.Algorithm`.
+        interval: Perturb only on every `interval`-th step (1, the
+            default, is the paper's rule); see `PerturbationAlgorithm`.
 
     Example:
 
@@ -90,6 +92,7 @@ class SharpnessAware(PerturbationAlgorithm):
         center=False,
         antithetic=False,
         perturbation_sync="global",
+        interval=1,
     ):
         super().__init__(
             rho=rho,
@@ -97,6 +100,7 @@ class SharpnessAware(PerturbationAlgorithm):
             perturbed_lr_scale=perturbed_lr_scale,
             project=project,
             perturbation_sync=perturbation_sync,
+            interval=interval,
         )
         self.examples = check_number("examples", examples, minimum=1, integer=True)
         self.jitter = (
