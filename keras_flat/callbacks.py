@@ -13,6 +13,7 @@ of at most `num_batches` batches of `batch_size` examples taken once from
 each costing about two to three gradient evaluations on that set.
 """
 
+import abc
 import math
 
 import keras
@@ -26,7 +27,7 @@ from keras_flat.validation import check_choice
 from keras_flat.validation import check_count
 
 
-class _HessianCallback(keras.callbacks.Callback):
+class _HessianCallback(keras.callbacks.Callback, abc.ABC):
     """Shared scheduling, data and operator handling."""
 
     def __init__(self, data, every_n_epochs, batch_size, num_batches, training,
@@ -71,13 +72,13 @@ class _HessianCallback(keras.callbacks.Callback):
             text = ", ".join(f"{k}={v:.5g}" for k, v in values.items())
             print(f"Epoch {epoch + 1}: {text}")
 
+    @abc.abstractmethod
     def measure(self, operator):
         """Returns `{key: value}` for every key of `keys()`, measured with `operator`."""
-        raise NotImplementedError(f"{type(self).__name__} must implement `measure`.")
 
+    @abc.abstractmethod
     def keys(self):
         """Returns the names of the values this callback writes into `logs`."""
-        raise NotImplementedError(f"{type(self).__name__} must implement `keys`.")
 
 
 class HessianTrace(_HessianCallback):
