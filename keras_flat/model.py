@@ -8,6 +8,11 @@ import tensorflow as tf
 
 from keras_flat import algorithms as algorithms_module
 from keras_flat import guard
+from keras_flat import internals
+from keras_flat import structure
+from keras_flat.algorithm_state import AlgorithmState
+from keras_flat.algorithms.base import as_step
+from keras_flat.algorithms.piece import BuildContext
 from keras_flat.oracle import GradientOracle
 from keras_flat.oracle import loss_scale
 from keras_flat.oracle import rescale_gradients
@@ -18,7 +23,6 @@ from keras_flat.validation import check_number
 # Keyword arguments of keras.Model itself; everything else configures the
 # algorithm.
 _MODEL_KWARGS = ("name", "trainable", "dtype")
-_SEED_KEY = "seed_generator_state"
 # Keys train_step logs that mean nothing for evaluate().
 TRAIN_ONLY_LOGS = ("grad_norm", "perturbed", "skipped_steps")
 
@@ -106,16 +110,38 @@ class FlatMinimaModel(keras.Model):
         self.inner = model
         self.algorithm = algorithm
         self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(
-            seed, name="perturbation_seed"
-        )
         self.on_nonfinite = on_nonfinite
         self.grad_norm_tracker = keras.metrics.Mean(name="grad_norm")
         self.perturbed_tracker = keras.metrics.Mean(name="perturbed")
         if on_nonfinite != "ignore":
             self.skipped_tracker = keras.metrics.Sum(name="skipped_steps")
+        self.algorithm_state = AlgorithmState(seed=seed, name="algorithm_state")
+        self.seed_generator = self.algorithm_state.seeds
+        self._algorithm_built = False
         if model.built:
             self.built = True
+            self._build_algorithm()
+
+    def _build_algorithm(self):
+        """Creates the algorithm's state once the trainable variables exist.
+
+        Called at construction for a built model, else before the training
+        function is made (under a strategy Keras builds the model first), or
+        in the first trace of `train_step` (without one, Keras builds there).
+        """
+        if self._algorithm_built or not self.inner.built:
+            return
+        variables = list(self.inner.trainable_variables)
+        self._algorithm_built = True
+        build = BuildContext(variables, structure.roles(self.inner),
+                             self.algorithm_state.make_variable)
+        self.algorithm.build(build)
+
+    def make_train_function(self, force=False):
+        strategy = self.distribute_strategy
+        with strategy.scope():
+            self._build_algorithm()
+        return super().make_train_function(force=force)
 
     def call(self, inputs, training=None):
         return self.inner(inputs, training=training)
@@ -133,11 +159,12 @@ class FlatMinimaModel(keras.Model):
                 x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
             )
             scaled_loss = loss if scale is None else loss * tf.cast(scale, loss.dtype)
-        self._loss_tracker.update_state(
+        internals.loss_tracker(self).update_state(
             _unscale_for_distribution(loss), sample_weight=_batch_size(x)
         )
         # Read after the forward pass: an unbuilt model creates them there.
         variables = self.trainable_variables
+        self._build_algorithm()
         if variables:
             grads = tape.gradient(scaled_loss, variables)
             connected = [i for i, g in enumerate(grads) if g is not None]
@@ -147,10 +174,10 @@ class FlatMinimaModel(keras.Model):
                 self, x, y, sample_weight, variables,
                 seed=self.seed_generator.next(), scale=scale,
                 step=self.optimizer.iterations,
+                planned_steps=self.algorithm_state.planned_steps,
             )
-            update, grad_norm, perturbed = self.algorithm.compute_update(
-                oracle, grads
-            )
+            step = as_step(self.algorithm.compute_update(oracle, grads))
+            update, grad_norm, perturbed = step.update, step.grad_norm, step.perturbed
             if protect:
                 # Weights and optimizer state change only in apply; an unbuilt
                 # model has created its weights by now.
@@ -163,6 +190,10 @@ class FlatMinimaModel(keras.Model):
                 else:
                     update = guard.zero_if(update, bad)
             self.optimizer.apply(rescale_gradients(update, scale), variables)
+            for variable, value in step.assignments:
+                value = tf.cast(value, variable.dtype)
+                variable.assign(tf.where(bad, tf.convert_to_tensor(variable), value)
+                                if protect else value)
             if protect:
                 layer_guard.restore_if(bad, layer_state)
                 optimizer_guard.restore_if(bad, optimizer_state)
@@ -201,11 +232,15 @@ class FlatMinimaModel(keras.Model):
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def fit(self, *args, **kwargs):
+        if _num_workers(self.distribute_strategy) > 1:
+            internals.check_symbolic_build_hook()
+        extra = [_PlanRecorder()]
         if self.on_nonfinite == "raise":
-            if len(args) > 5:  # callbacks passed positionally
-                args = args[:5] + (_with_raise(args[5]),) + args[6:]
-            else:
-                kwargs["callbacks"] = _with_raise(kwargs.get("callbacks"))
+            extra.append(RaiseOnNonFinite())
+        if len(args) > 5:  # callbacks passed positionally
+            args = args[:5] + (_with(args[5], extra),) + args[6:]
+        else:
+            kwargs["callbacks"] = _with(kwargs.get("callbacks"), extra)
         return super().fit(*args, **kwargs)
 
     def train_on_batch(self, *args, **kwargs):
@@ -223,18 +258,6 @@ class FlatMinimaModel(keras.Model):
         logs = super().test_step(data)
         logs = {k: v for k, v in logs.items() if k not in TRAIN_ONLY_LOGS}
         return _reducible_across_workers(logs)
-
-    def save_own_variables(self, store):
-        super().save_own_variables(store)
-        store[_SEED_KEY] = self.seed_generator.state
-
-    def load_own_variables(self, store):
-        keys = list(store.keys())
-        if _SEED_KEY in keys:
-            self.seed_generator.state.assign(store[_SEED_KEY])
-        own = self._trainable_variables + self._non_trainable_variables
-        for i, variable in enumerate(own):
-            variable.assign(store[f"{i}"])
 
     def get_config(self):
         return {
@@ -288,10 +311,32 @@ class RaiseOnNonFinite(keras.callbacks.Callback):
             )
 
 
-def _with_raise(callbacks):
+class _PlanRecorder(keras.callbacks.Callback):
+    """Writes the number of steps `fit` plans into the model's algorithm state.
+
+    Schedules that depend on the fraction of training done (a float
+    `start`, AE-SAM's threshold) read it; an algorithm that needs it fails
+    here, before any step, when `fit` cannot know it.
+    """
+
+    def on_train_begin(self, logs=None):
+        steps, epochs = self.params.get("steps"), self.params.get("epochs")
+        planned = int(steps) * int(epochs) if steps and epochs else 0
+        algorithm = self.model.algorithm
+        if not planned and getattr(algorithm, "needs_plan", False):
+            raise ValueError(
+                f"{algorithm!r} perturbs from a fraction of training on, which needs the "
+                "number of steps fit() plans, but the data has no known length. Pass "
+                "`steps_per_epoch` to fit(), or give `start` as an integer step."
+            )
+        self.model.algorithm_state.planned_steps.assign(planned)
+
+
+def _with(callbacks, extra):
     callbacks = list(callbacks or [])
-    if not any(isinstance(c, RaiseOnNonFinite) for c in callbacks):
-        callbacks.append(RaiseOnNonFinite())
+    for callback in extra:
+        if not any(type(c) is type(callback) for c in callbacks):
+            callbacks.append(callback)
     return callbacks
 
 
@@ -303,12 +348,17 @@ def _reducible_across_workers(logs):
     leading axis of one the same call averages the replicas' values into a
     scalar. Elsewhere the logs are returned unchanged.
     """
-    strategy = tf.distribute.get_strategy()
-    extended = getattr(strategy, "extended", None)
-    in_multi_worker = getattr(extended, "_in_multi_worker_mode", lambda: False)
-    if not (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and in_multi_worker()):
+    if _num_workers(tf.distribute.get_strategy()) < 2:
         return logs
     return {k: tf.reshape(v, [1]) if v.shape.rank == 0 else v for k, v in logs.items()}
+
+
+def _num_workers(strategy):
+    """How many worker processes a strategy spans (1 unless multi-worker)."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return 1
+    spec = strategy.cluster_resolver.cluster_spec().as_dict()
+    return max(1, sum(len(spec.get(job, [])) for job in ("chief", "worker")))
 
 
 def _batch_size(x):
