@@ -9,7 +9,9 @@
   weights.
 - `TrajectoryRecorder`, `trajectory_pca`: the training path on the plane of
   its two principal directions.
-- `plot_1d`, `plot_contour`, `plot_trajectory`: matplotlib figures (PNG).
+- `plot_1d`, `plot_contour`, `plot_trajectory`, `plot_comparison`:
+  matplotlib figures (PNG); `compare_minima` puts several minima of one
+  architecture on one scale.
 
 Every evaluation is stateless (no variable of the model changes: weights,
 BatchNorm statistics, metric states and seeds stay as they were), runs with
@@ -36,7 +38,9 @@ from keras_flat.landscape.evaluator import Evaluator
 from keras_flat.landscape.filters import Parameter
 from keras_flat.landscape.filters import describe_parameters
 from keras_flat.landscape.interpolate import interpolate
+from keras_flat.landscape.minima import compare_minima
 from keras_flat.landscape.plot import plot_1d
+from keras_flat.landscape.plot import plot_comparison
 from keras_flat.landscape.plot import plot_contour
 from keras_flat.landscape.plot import plot_trajectory
 from keras_flat.landscape.random_directions import NORMALIZATIONS
@@ -60,7 +64,9 @@ __all__ = [
     "TrajectoryRecorder",
     "describe_parameters",
     "eigen_directions",
+    "compare_minima",
     "interpolate",
+    "plot_comparison",
     "plot_1d",
     "plot_contour",
     "plot_trajectory",

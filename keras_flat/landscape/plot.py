@@ -220,3 +220,53 @@ def _contour(ax, surface, levels, metric, filled, log_scale):
         mappable = ax.contour(surface.alphas, surface.betas, values, levels=levels,
                               cmap="viridis", norm=norm)
     return mappable
+
+
+def plot_comparison(lines, planes, path=None, labels=None, levels=20, log_scale=False,
+                    title=None):
+    """Several minima side by side, on one scale: a 1D panel and one contour each.
+
+    The first panel overlays the `Surface1D`s; the others show each
+    `Surface2D` with the same contour levels and one colour bar. Pass
+    surfaces along directions drawn with the same seed (filter-normalised
+    to each model's own weights), as Li et al. compare minima.
+
+    Args:
+        lines: A list of `Surface1D`, one per model.
+        planes: A list of `Surface2D`, one per model.
+        path: If given, the PNG file to write.
+        labels: One label per model.
+        levels: Number of contour levels, or the levels themselves.
+        log_scale: Logarithmic loss axis and contour levels.
+        title: Figure title.
+
+    Returns:
+        The `matplotlib.figure.Figure`.
+    """
+    lines = _as_list(lines, Surface1D, "lines")
+    planes = _as_list(planes, Surface2D, "planes")
+    if len(lines) != len(planes):
+        raise ValueError(
+            f"Arguments `lines` and `planes` must hold one surface per model; received "
+            f"{len(lines)} and {len(planes)}."
+        )
+    labels = _labels(labels, len(planes))
+    chosen = contour_levels(planes, levels, log_scale=log_scale)
+    figure = _figure(4.0 * (len(planes) + 1) + 1.0, 3.8)
+    axes = figure.subplots(1, len(planes) + 1, squeeze=False)[0]
+    for line, label in zip(lines, labels):
+        axes[0].plot(line.alphas, line.loss, label=label)
+    axes[0].set(xlabel=_AXIS_LABELS.get(lines[0].kind, ("α", ""))[0], ylabel="loss",
+                yscale="log" if log_scale else "linear", title="along the first direction")
+    if any(label is not None for label in labels):
+        axes[0].legend(fontsize="small")
+    mappable = None
+    for ax, plane, label in zip(axes[1:], planes, labels):
+        mappable = _contour(ax, plane, chosen, "loss", True, log_scale)
+        ax.plot([0], [0], marker="*", color="white", markersize=10, markeredgecolor="black")
+        xlabel, ylabel = _AXIS_LABELS.get(plane.kind, ("α", "β"))
+        ax.set(xlabel=xlabel.split(" (")[0], ylabel=ylabel.split(" (")[0], title=label or "")
+    figure.colorbar(mappable, ax=list(axes[1:]), label="loss", format="%.3g")
+    if title:
+        figure.suptitle(title)
+    return _save(figure, path)
