@@ -247,13 +247,16 @@ def plot(results, path, title="keras-flat demo"):
     return path
 
 
-def plot_landscapes(results, data, names, output_dir, loss="mse", probe_size=512, seed=0):
+def plot_landscapes(results, data, names, output_dir, loss="mse", probe_size=512, seed=0,
+                    log=print):
     """Each run's minimum along the same random directions, on one scale.
 
     Writes `landscape.png` (a 1D panel and one contour per algorithm) and
-    CSV files of the values into `output_dir`; the loss is the training
-    loss on the first `probe_size` training examples. `results` must hold
-    their models (`compare(..., keep_models=True)`).
+    CSV files of the values into `output_dir`, and logs a table of the
+    loss at each minimum, at the ends of the 1D line and its highest value
+    on the plane; the loss is the training loss on the first `probe_size`
+    training examples. `results` must hold their models
+    (`compare(..., keep_models=True)`).
 
     Returns:
         The paths written.
@@ -263,8 +266,15 @@ def plot_landscapes(results, data, names, output_dir, loss="mse", probe_size=512
     _, _, y_train, _ = _loss_and_targets(loss, data)
     probe = (data.x_train[:probe_size], y_train[:probe_size])
     labels = [NAMES.get(name, name) for name in names]
-    _, _, _, paths = compare_minima(
+    lines, planes, _, paths = compare_minima(
         [r.model for r in results], probe, labels, output_dir=output_dir, seed=seed,
         title=f"Training loss around each minimum ({len(probe[0])} training examples, "
               "filter-normalised random directions, seed " + str(seed) + ")")
+    rows = ["| algorithm | loss at the minimum | line, at α = −1 / +1 | highest on the plane |",
+            "|---|---|---|---|"]
+    for label, line, plane in zip(labels, lines, planes):
+        centre = line.loss[np.argmin(np.abs(line.alphas))]
+        rows.append(f"| {label} | {centre:.4f} | {line.loss[0]:.4f} / {line.loss[-1]:.4f} "
+                    f"| {np.max(plane.loss):.4f} |")
+    log("\n" + "\n".join(rows))
     return paths

@@ -62,9 +62,9 @@ def as_directions(directions, model, argument="directions", count=None):
     """Coerces `directions` to `Directions` for `model`.
 
     Args:
-        directions: A `Directions`; a `(k, d)` or `(d,)` array; or a list of
-            k directions, each a list of arrays shaped like the trainable
-            variables.
+        directions: A `Directions`; a `(k, d)` or `(d,)` array; a list of
+            arrays shaped like the trainable variables (one direction); or a
+            list of k such lists.
         model: The model whose trainable variables the directions move.
         argument: Name used in error messages.
         count: If given, the number of directions required (the first
@@ -83,6 +83,8 @@ def as_directions(directions, model, argument="directions", count=None):
     elif (isinstance(directions, (list, tuple)) and directions
           and isinstance(directions[0], (list, tuple))):
         vectors = np.stack([_flatten_parts(d, shapes, argument) for d in directions])
+    elif _is_one_direction(directions, shapes):
+        vectors = _flatten_parts(directions, shapes, argument)[None, :]
     else:
         vectors = np.asarray(directions)
         if vectors.ndim == 1:
@@ -107,6 +109,13 @@ def as_directions(directions, model, argument="directions", count=None):
         values = None if values is None else np.asarray(values)[:count]
     return Directions(vectors=vectors.astype(np.float32), kind=kind, names=names,
                       shapes=shapes, values=values)
+
+
+def _is_one_direction(value, shapes):
+    """True for a list of arrays shaped like the variables (one direction)."""
+    if not isinstance(value, (list, tuple)) or len(value) != len(shapes):
+        return False
+    return all(tuple(np.shape(part)) == shape for part, shape in zip(value, shapes))
 
 
 def _flatten_parts(parts, shapes, argument):

@@ -109,18 +109,25 @@ class Evaluator:
     # ---- Many points -------------------------------------------------------
 
     def _loop(self, directions, selection, mode):
-        """Evaluates the points `selection` selects, in a tf.while_loop."""
-        origin = [tf.convert_to_tensor(v.value) for v in self.variables]
+        """Evaluates the points `selection` selects, in a tf.while_loop.
+
+        `directions` is one `(k, d)` matrix, so a point's offset is one
+        matrix-vector product (or one row) split into the variables.
+        """
+        dtype = directions.dtype
+        origin = tf.concat([tf.reshape(tf.cast(v.value, dtype), [-1]) for v in self.variables], 0)
+        sizes = [int(np.prod(v.shape)) for v in self.variables]
         count = tf.shape(selection)[0]
 
         def body(i, out):
             if mode == "combination":
-                c = tf.cast(selection[i], directions[0].dtype)
-                offsets = [tf.tensordot(c, d, axes=1) for d in directions]
+                c = tf.cast(selection[i], dtype)
+                flat = origin + tf.linalg.matvec(directions, c, transpose_a=True)
             else:
-                offsets = [tf.gather(d, selection[i]) for d in directions]
-            values = [tf.cast(o, v.dtype) + tf.cast(t, v.dtype)
-                      for o, t, v in zip(origin, offsets, self.variables)]
+                flat = origin + directions[selection[i]]
+            parts = tf.split(flat, sizes) if len(sizes) > 1 else [flat]
+            values = [tf.cast(tf.reshape(p, v.shape), v.dtype)
+                      for p, v in zip(parts, self.variables)]
             return i + 1, out.write(i, self._point(values))
 
         out = tf.TensorArray(tf.float32, size=count, element_shape=None)
@@ -167,22 +174,17 @@ class Evaluator:
         Returns:
             A dict from `"loss"` (and each metric name) to a `(P,)` array.
         """
-        directions = np.asarray(directions, np.float32)
+        wide = any(tf.as_dtype(v.dtype) == tf.float64 for v in self.variables)
+        directions = np.asarray(directions, np.float64 if wide else np.float32)
         if directions.ndim != 2 or directions.shape[1] != self.dimension:
             raise ValueError(
                 f"Directions must have shape (k, {self.dimension}); got {directions.shape}."
             )
         if mode == "combination":
-            selection = np.asarray(selection, np.float32).reshape(-1, len(directions))
+            selection = np.asarray(selection, directions.dtype).reshape(-1, len(directions))
         else:
             selection = np.asarray(selection, np.int32).reshape(-1)
         count = len(selection)
-        parts, start = [], 0
-        for v in self.variables:
-            size = int(np.prod(v.shape))
-            block = directions[:, start:start + size].reshape((len(directions),) + tuple(v.shape))
-            parts.append(tf.constant(block))
-            start += size
         strategy = None
         if tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context():
             strategy = tf.distribute.get_strategy()
@@ -190,7 +192,7 @@ class Evaluator:
         padded = -(-count // replicas) * replicas
         if padded > count:  # Every replica evaluates the same number of points.
             selection = np.concatenate([selection, np.repeat(selection[-1:], padded - count, 0)])
-        out = self._function(mode, strategy)(parts, tf.constant(selection))
+        out = self._function(mode, strategy)(tf.constant(directions), tf.constant(selection))
         if strategy is None:
             table = out.numpy()
         else:

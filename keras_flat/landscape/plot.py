@@ -222,7 +222,7 @@ def _contour(ax, surface, levels, metric, filled, log_scale):
     return mappable
 
 
-def plot_comparison(lines, planes, path=None, labels=None, levels=20, log_scale=False,
+def plot_comparison(lines, planes, path=None, labels=None, levels=15, log_scale=False,
                     title=None):
     """Several minima side by side, on one scale: a 1D panel and one contour each.
 
@@ -252,7 +252,7 @@ def plot_comparison(lines, planes, path=None, labels=None, levels=20, log_scale=
         )
     labels = _labels(labels, len(planes))
     chosen = contour_levels(planes, levels, log_scale=log_scale)
-    figure = _figure(4.0 * (len(planes) + 1) + 1.0, 3.8)
+    figure = _figure(3.4 * (len(planes) + 1) + 0.8, 3.3)
     axes = figure.subplots(1, len(planes) + 1, squeeze=False)[0]
     for line, label in zip(lines, labels):
         axes[0].plot(line.alphas, line.loss, label=label)
