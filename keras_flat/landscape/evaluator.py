@@ -4,7 +4,7 @@ A point is `w + sum_j c_j d_j`: the model's current values `w` of some of
 its variables (the trainable ones by default) moved along directions
 `d_j`. All points of a grid are evaluated in one call of one
 `tf.function` (a `tf.while_loop` over the points), traced once per
-evaluator and number of directions. Each point's values are handed to the
+evaluator whatever the number of directions and points. Each point's values are handed to the
 model through a `keras.StatelessScope`, inside which
 `keras_flat.hessian.HessianOperator.batch_loss` computes the training loss
 exactly as the Hessian measurements do; no variable is ever assigned, so
@@ -142,8 +142,8 @@ class Evaluator:
             selection = tf.gather(selection, rows)
         return self._loop(directions, selection, mode)
 
-    def _function(self, mode, strategy):
-        key = (mode, id(strategy) if strategy is not None else None)
+    def _function(self, mode, strategy, dtype):
+        key = (mode, id(strategy) if strategy is not None else None, dtype)
         if key not in self._functions:
             if strategy is None:
                 def run(directions, selection):
@@ -152,8 +152,14 @@ class Evaluator:
                 def run(directions, selection):
                     result = strategy.run(self._replica, args=(directions, selection, mode))
                     return strategy.experimental_local_results(result)
-            self._functions[key] = tf.function(run, jit_compile=self.jit_compile,
-                                               reduce_retracing=True)
+            # Any number of directions and points: one trace per evaluator and mode.
+            signature = [
+                tf.TensorSpec([None, self.dimension], dtype),
+                tf.TensorSpec([None, None], dtype) if mode == "combination"
+                else tf.TensorSpec([None], tf.int32),
+            ]
+            self._functions[key] = tf.function(run, input_signature=signature,
+                                               jit_compile=self.jit_compile)
         return self._functions[key]
 
     def tracing_count(self):
@@ -192,7 +198,8 @@ class Evaluator:
         padded = -(-count // replicas) * replicas
         if padded > count:  # Every replica evaluates the same number of points.
             selection = np.concatenate([selection, np.repeat(selection[-1:], padded - count, 0)])
-        out = self._function(mode, strategy)(tf.constant(directions), tf.constant(selection))
+        function = self._function(mode, strategy, tf.as_dtype(directions.dtype))
+        out = function(tf.constant(directions), tf.constant(selection))
         if strategy is None:
             table = out.numpy()
         else:

@@ -3,6 +3,7 @@
 import os
 import re
 
+from keras_flat.landscape.evaluator import Evaluator
 from keras_flat.landscape.plot import plot_comparison
 from keras_flat.landscape.random_directions import random_directions
 from keras_flat.landscape.surface import surface_1d
@@ -46,10 +47,11 @@ def compare_minima(models, data, labels, output_dir=None, seed=0, extent=1.0,
     lines, planes = [], []
     for model in models:
         directions = random_directions(model, k=2, seed=seed)
-        lines.append(surface_1d(model, data, directions, extent=extent,
-                                resolution=resolution_1d, **options))
-        planes.append(surface_2d(model, data, directions, extent=extent,
-                                 resolution=resolution, **options))
+        evaluator = Evaluator(model, data, **options)  # Traced once for both surfaces.
+        lines.append(surface_1d(evaluator, None, directions, extent=extent,
+                                resolution=resolution_1d))
+        planes.append(surface_2d(evaluator, None, directions, extent=extent,
+                                 resolution=resolution))
     paths = []
     image = None
     if output_dir is not None:
