@@ -187,10 +187,16 @@ def test_surfaces_on_v1_equal_the_closed_form():
     assert plane.loss.shape == (7, 9)
     closed = ((a0 + alpha) * (b0 + beta) - 1.0) ** 2  # mse of a·b·1 against 1.
     np.testing.assert_allclose(plane.loss, closed, rtol=1e-5, atol=1e-6)
-    line = landscape.surface_1d(model, data, [np.zeros((1, 1)), np.ones((1, 1))],
+    # One evaluator runs lines and planes of any size through one traced function.
+    evaluator = landscape.Evaluator(model, data)
+    line = landscape.surface_1d(evaluator, None, [np.zeros((1, 1)), np.ones((1, 1))],
                                 extent=2.0, resolution=9)
     np.testing.assert_allclose(line.loss, (a0 * (b0 + line.alphas) - 1.0) ** 2,
                                rtol=1e-5, atol=1e-6)
+    again = landscape.surface_2d(evaluator, None, np.eye(2), extent=((-1.0, 1.0), (-0.5, 1.5)),
+                                 resolution=(9, 7))
+    np.testing.assert_allclose(again.loss, closed, rtol=1e-5, atol=1e-6)
+    assert evaluator.tracing_count() == 1
 
 
 @pytest.mark.parametrize("a0, b0", [(2.0, 0.5), (1.5, 1.2)], ids=["minimum", "off_minimum"])
