@@ -41,6 +41,16 @@ class Evaluator:
         nonnegative: Variables whose moved values are clipped at zero
             (BatchNorm moving variances when they are interpolated).
         jit_compile: Compile the evaluation with XLA.
+
+    Example:
+
+    ```python
+    evaluator = keras_flat.landscape.Evaluator(model, (x, y), batch_size=256)
+    dirs = keras_flat.landscape.random_directions(model, k=2)
+    plane = keras_flat.landscape.surface_2d(evaluator, None, dirs)   # traced once
+    line = keras_flat.landscape.surface_1d(evaluator, None, dirs)    # same function
+    values = evaluator.evaluate(dirs.vectors, [[0.5, -0.5]])         # {"loss": array([...])}
+    ```
     """
 
     def __init__(self, model, data, *, loss=None, training=False, batch_size=None,
@@ -229,6 +239,11 @@ def evaluator_for(model, data, metrics=False, **kwargs):
             raise ValueError(
                 "An Evaluator already fixes its data and options; pass it alone, "
                 f"without `data` or {given or 'evaluation options'}."
+            )
+        if metrics and not model.metrics:
+            raise ValueError(
+                "metrics=True, but this Evaluator was built without metrics; build it with "
+                "Evaluator(model, data, metrics=True)."
             )
         return model
     if data is None:
