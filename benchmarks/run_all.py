@@ -26,6 +26,8 @@ BENCHMARKS = [
      ["--repeats", "2"]),
     ("Distributed training on 1 and 2 logical devices", "benchmarks.distributed",
      ["--repeats", "5", "--steps", "40"], ["--repeats", "2", "--steps", "8"]),
+    ("Loss-landscape surfaces", "benchmarks.landscape", ["--repeats", "7", "--loop-points", "63"],
+     ["--repeats", "2", "--loop-points", "21"]),
 ]
 
 

@@ -11,6 +11,7 @@ from keras_flat import algorithms
 from keras_flat import callbacks
 from keras_flat import datasets
 from keras_flat import hessian
+from keras_flat import landscape
 from keras_flat import rng
 from keras_flat import vector
 from keras_flat.model import FlatMinimaModel
@@ -23,6 +24,7 @@ __all__ = [
     "callbacks",
     "datasets",
     "hessian",
+    "landscape",
     "rng",
     "vector",
     "__version__",

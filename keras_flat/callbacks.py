@@ -6,6 +6,12 @@ They write into the epoch's `logs`, so `History`, `CSVLogger`,
 bar after the user's callbacks; list these callbacks *before* `CSVLogger` or
 `TensorBoard` so those see the new keys.
 
+With `log_dir` (e.g. the `log_dir` of `keras.callbacks.TensorBoard`) they
+also write their values as TensorBoard scalars, and `SpectralDensity` the
+Hessian's eigenvalue density as a histogram, into the `flatness`
+subdirectory of `log_dir` (a run of its own, next to Keras's `train` and
+`validation`); `tensorboard` itself need not be installed to write them.
+
 Cost is bounded and known in advance: each measurement runs on a fixed set
 of at most `num_batches` batches of `batch_size` examples taken once from
 `data` (never the whole training set by default), with `num_probes`
@@ -15,10 +21,14 @@ each costing about two to three gradient evaluations on that set.
 
 import abc
 import math
+import os
 
 import keras
+import numpy as np
+import tensorflow as tf
 
 from keras_flat import hessian
+from keras_flat import summaries
 from keras_flat.batches import as_batches
 from keras_flat.hessian.eigen import EIGEN_METHODS
 from keras_flat.hessian.operator import HVP_METHODS
@@ -31,8 +41,13 @@ class _HessianCallback(keras.callbacks.Callback, abc.ABC):
     """Shared scheduling, data and operator handling."""
 
     def __init__(self, data, every_n_epochs, batch_size, num_batches, training,
-                 hvp_method, loss, seed, verbose):
+                 hvp_method, loss, seed, verbose, log_dir=None):
         super().__init__()
+        if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
+            raise TypeError(
+                "Argument `log_dir` must be a directory path or None. "
+                f"Received: log_dir={log_dir!r} of type {type(log_dir).__name__}."
+            )
         check_count("every_n_epochs", every_n_epochs, 1)
         check_count("batch_size", batch_size, 1)
         check_count("num_batches", num_batches, 1)
@@ -46,6 +61,8 @@ class _HessianCallback(keras.callbacks.Callback, abc.ABC):
         self.loss = loss
         self.seed = seed
         self.verbose = verbose
+        self.log_dir = None if log_dir is None else os.fspath(log_dir)
+        self._writer = None
         self._operator = None
         self.history = []
 
@@ -68,9 +85,28 @@ class _HessianCallback(keras.callbacks.Callback, abc.ABC):
             values = {key: math.nan for key in self.keys()}
         logs.update(values)
         self.history.append({"epoch": epoch, **values})
+        if self.log_dir is not None and self._due(epoch):
+            self._write_summaries(values, epoch)
         if self.verbose and self._due(epoch):
             text = ", ".join(f"{k}={v:.5g}" for k, v in values.items())
             print(f"Epoch {epoch + 1}: {text}")
+
+    def _write_summaries(self, values, epoch):
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "flatness"))
+        with self._writer.as_default():
+            for key, value in values.items():
+                if math.isfinite(value):
+                    summaries.scalar(key, value, step=epoch)
+            self.write_extra_summaries(epoch)
+        self._writer.flush()
+
+    def write_extra_summaries(self, epoch):
+        """Writes summaries beyond the logged scalars (inside the writer's scope)."""
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.flush()
 
     @abc.abstractmethod
     def measure(self, operator):
@@ -94,6 +130,10 @@ class HessianTrace(_HessianCallback):
     epoch-to-epoch changes are not probe noise; set `resample_probes=True`
     to draw new ones each time.
 
+    With `per_layer=True` it also logs `hessian_trace/<layer>`, the trace of
+    each layer's diagonal block of the Hessian (estimated from the same
+    probes, so at no extra cost; the blocks sum to the total).
+
     Args:
         data: Measurement data: `(x, y[, sample_weight])` arrays, a batched
             `tf.data.Dataset`, or a list of batches.
@@ -109,6 +149,9 @@ class HessianTrace(_HessianCallback):
         loss: Loss callable, for a model compiled without one.
         seed: Seed of the probes.
         resample_probes: Draw new probes at each measurement.
+        per_layer: Also log each layer's block trace.
+        log_dir: If given, also write the values as TensorBoard scalars
+            into `log_dir/flatness`.
         verbose: Print each measurement.
 
     Example:
@@ -122,30 +165,42 @@ class HessianTrace(_HessianCallback):
 
     def __init__(self, data, num_probes=16, every_n_epochs=1, method="hutchinson",
                  batch_size=128, num_batches=4, training=False, hvp_method="auto",
-                 loss=None, seed=0, resample_probes=False, verbose=0):
+                 loss=None, seed=0, resample_probes=False, verbose=0, per_layer=False,
+                 log_dir=None):
         check_choice("method", method, TRACE_METHODS)
         check_count("num_probes", num_probes, 3 if method == "hutch++" else 1)
         super().__init__(data, every_n_epochs, batch_size, num_batches, training,
-                         hvp_method, loss, seed, verbose)
+                         hvp_method, loss, seed, verbose, log_dir)
         self.num_probes = num_probes
         self.method = method
         self.resample_probes = bool(resample_probes)
+        self.per_layer = bool(per_layer)
         self._measurements = 0
 
     def keys(self):
-        return ["hessian_trace", "hessian_trace_stderr", "hessian_trace_normalized"]
+        keys = ["hessian_trace", "hessian_trace_stderr", "hessian_trace_normalized"]
+        if self.per_layer:
+            paths = [getattr(v, "path", v.name) for v in self.model.trainable_variables]
+            layers = dict.fromkeys(p.rsplit("/", 1)[0] if "/" in p else p for p in paths)
+            keys += [f"hessian_trace/{layer}" for layer in layers]
+        return keys
 
     def measure(self, operator):
         seed = self.seed + (self._measurements if self.resample_probes else 0)
         self._measurements += 1
         estimate = hessian.hessian_trace(
-            operator, num_probes=self.num_probes, method=self.method, seed=seed)
+            operator, num_probes=self.num_probes, method=self.method, seed=seed,
+            per_layer=self.per_layer)
         self.last = estimate
-        return {
+        values = {
             "hessian_trace": estimate.value,
             "hessian_trace_stderr": estimate.stderr,
             "hessian_trace_normalized": estimate.normalized,
         }
+        if self.per_layer:
+            for name, value in zip(estimate.blocks.names, estimate.blocks.values):
+                values[f"hessian_trace/{name}"] = float(value)
+        return values
 
 
 class TopEigenvalue(_HessianCallback):
@@ -167,6 +222,8 @@ class TopEigenvalue(_HessianCallback):
         batch_size, num_batches, training, hvp_method, loss, seed, verbose:
             As for `HessianTrace`.
         warm_start: Start from the previous measurement's eigenvectors.
+        log_dir: If given, also write the values as TensorBoard scalars
+            into `log_dir/flatness`.
 
     Example:
 
@@ -178,14 +235,15 @@ class TopEigenvalue(_HessianCallback):
 
     def __init__(self, data, k=1, every_n_epochs=1, method="lanczos", max_iterations=50,
                  tol=1e-3, batch_size=128, num_batches=4, training=False,
-                 hvp_method="auto", loss=None, seed=0, warm_start=True, verbose=0):
+                 hvp_method="auto", loss=None, seed=0, warm_start=True, verbose=0,
+                 log_dir=None):
         check_count("k", k, 1)
         check_count("max_iterations", max_iterations, 1)
         check_choice("method", method, EIGEN_METHODS)
         if not (isinstance(tol, (int, float)) and 0 < tol < 1):
             raise ValueError(f"Argument `tol` must be in (0, 1). Received: tol={tol!r}.")
         super().__init__(data, every_n_epochs, batch_size, num_batches, training,
-                         hvp_method, loss, seed, verbose)
+                         hvp_method, loss, seed, verbose, log_dir)
         self.k = k
         self.method = method
         self.max_iterations = max_iterations
@@ -205,3 +263,74 @@ class TopEigenvalue(_HessianCallback):
         self.last = result
         return {key: float(v) for key, v in zip(self.keys(), result.values)}
 
+
+
+class SpectralDensity(_HessianCallback):
+    """Estimates the Hessian's eigenvalue density at the end of every `every_n_epochs` epochs.
+
+    Uses stochastic Lanczos quadrature (`keras_flat.hessian.spectral_density`)
+    and logs `hessian_spectrum_min` and `hessian_spectrum_max`, the
+    smallest and largest Ritz values (with enough Lanczos steps, the
+    extreme eigenvalues; a negative minimum means the loss is not convex
+    there). With `log_dir` it writes the density as a TensorBoard histogram,
+    `hessian_spectrum`, whose bucket counts are the expected number of
+    eigenvalues in each bucket (they sum to the number of parameters), and
+    the logged values as scalars. Epochs that are not measured log NaN.
+
+    Args:
+        data: Measurement data (see `HessianTrace`).
+        num_probes: Random probes (independent Lanczos runs), >= 1 (4).
+        num_steps: Lanczos steps per probe, >= 1 (40).
+        every_n_epochs: Measure every this many epochs. Defaults to 1.
+        grid_size: Points of the density's grid, >= 2 (512).
+        buckets: Buckets of the histogram, >= 1 (64).
+        batch_size, num_batches, training, hvp_method, loss, seed, verbose:
+            As for `HessianTrace`.
+        log_dir: If given, write the histogram and scalars into
+            `log_dir/flatness`.
+
+    Attributes:
+        last: The last `keras_flat.hessian.SpectralDensity` measured.
+        histograms: `{epoch: (buckets, 3) array}` of what was written.
+
+    Example:
+
+    ```python
+    spectrum = keras_flat.callbacks.SpectralDensity(probe, log_dir="logs")
+    model.fit(x, y, epochs=5, callbacks=[spectrum, keras.callbacks.TensorBoard("logs")])
+    ```
+    """
+
+    def __init__(self, data, num_probes=4, num_steps=40, every_n_epochs=1, grid_size=512,
+                 buckets=64, batch_size=128, num_batches=4, training=False, hvp_method="auto",
+                 loss=None, seed=0, verbose=0, log_dir=None):
+        check_count("num_probes", num_probes, 1)
+        check_count("num_steps", num_steps, 1)
+        check_count("grid_size", grid_size, 2)
+        check_count("buckets", buckets, 1)
+        super().__init__(data, every_n_epochs, batch_size, num_batches, training,
+                         hvp_method, loss, seed, verbose, log_dir)
+        self.num_probes = num_probes
+        self.num_steps = num_steps
+        self.grid_size = grid_size
+        self.buckets = buckets
+        self.histograms = {}
+        self.last = None
+
+    def keys(self):
+        return ["hessian_spectrum_min", "hessian_spectrum_max"]
+
+    def measure(self, operator):
+        result = hessian.spectral_density(
+            operator, num_probes=self.num_probes, num_steps=self.num_steps,
+            grid_size=self.grid_size, seed=self.seed)
+        self.last = result
+        self._dimension = operator.dimension
+        return {"hessian_spectrum_min": float(np.min(result.nodes)),
+                "hessian_spectrum_max": float(np.max(result.nodes))}
+
+    def write_extra_summaries(self, epoch):
+        buckets = summaries.density_buckets(self.last.grid, self.last.density,
+                                            self._dimension, self.buckets)
+        self.histograms[epoch] = buckets
+        summaries.histogram("hessian_spectrum", buckets, step=epoch)

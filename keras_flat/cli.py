@@ -9,6 +9,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from keras_flat import algorithms  # noqa: E402
 from keras_flat import demo  # noqa: E402
+from keras_flat.landscape import command as landscape_command  # noqa: E402
 
 ALGORITHM_CHOICES = tuple(algorithms.names())
 
@@ -98,13 +99,16 @@ def run_demo(args, seeds=(0,), title="keras-flat demo", stem="results"):
     Writes `<stem>.md` (the table), `<stem>.json` (every number) and, unless
     `args.no_plot`, `plot.png` (or `<stem>.png`) into `args.output_dir`.
     """
-    rhos = {e.name: getattr(args, f"{e.name}_radius", None) for e in algorithms.registry.entries()}
+    rhos = {e.name: getattr(args, f"{e.name}_radius", None)
+            for e in algorithms.registry.entries()}
+    landscape = getattr(args, "landscape", False)
+    dataset = demo.datasets.load(args.dataset) if landscape else args.dataset
     results = demo.compare(
-        dataset=args.dataset, names=args.algorithms, epochs=args.epochs,
+        dataset=dataset, names=args.algorithms, epochs=args.epochs,
         batch_size=args.batch_size, learning_rate=args.learning_rate, seeds=seeds,
         rhos=rhos, num_probes=args.probes, probe_size=args.probe_examples,
         hidden=args.hidden, verbose=0 if args.quiet else 1, loss=args.loss,
-        sa_paper_rule=args.sa_paper_rule,
+        sa_paper_rule=args.sa_paper_rule, keep_models=landscape,
     )
     rows = demo.summary_rows(results)
     table = demo.format_table(rows)
@@ -115,7 +119,8 @@ def run_demo(args, seeds=(0,), title="keras-flat demo", stem="results"):
         f.write(table + "\n")
     with open(os.path.join(args.output_dir, f"{stem}.json"), "w") as f:
         json.dump({"settings": settings, "seeds": list(seeds), "summary": rows,
-                   "runs": [{**{k: v for k, v in r.__dict__.items() if k != "history"},
+                   "runs": [{**{k: v for k, v in r.__dict__.items()
+                                if k not in ("history", "model")},
                              "history": {k: [float(x) for x in v] for k, v in r.history.items()}}
                             for r in results]}, f, indent=1)
     print("\n" + table)
@@ -123,6 +128,12 @@ def run_demo(args, seeds=(0,), title="keras-flat demo", stem="results"):
         image = "plot.png" if stem == "results" else f"{stem}.png"
         path = demo.plot(results, os.path.join(args.output_dir, image), title=title)
         print(f"\nPlot: {path}")
+    if landscape:
+        paths = demo.plot_landscapes(results[:len(args.algorithms)], dataset, args.algorithms,
+                                     args.output_dir,
+                                     loss=args.loss, probe_size=args.probe_examples,
+                                     seed=seeds[0])
+        print(f"Landscape: {paths[-1]}")
     print(f"Results: {os.path.join(args.output_dir, stem + '.md')}")
     return rows, results
 
@@ -141,7 +152,21 @@ def main(argv=None):
     add_demo_arguments(demo_parser)
     demo_parser.add_argument("--seed", type=_non_negative_int, default=0,
                              help="Random seed, an integer >= 0. Default: 0.")
+    demo_parser.add_argument(
+        "--landscape", action="store_true",
+        help="Also plot each algorithm's minimum along the same filter-normalised random "
+             "directions (1D and 2D, one loss scale): landscape.png and CSV files.")
+    landscape_parser = sub.add_parser(
+        "landscape", help="plot a saved model's loss landscape",
+        description="Evaluate a saved, compiled Keras model's training loss on a line and a "
+                    "plane through its weights (filter-normalised random directions or the top "
+                    "Hessian eigenvectors), without changing it; write 1D and 2D plots and CSV "
+                    "files of the values.")
+    landscape_command.add_arguments(landscape_parser)
     args = parser.parse_args(argv)
+    if args.command == "landscape":
+        landscape_command.run(args, landscape_parser)
+        return 0
     if args.command != "demo":
         parser.print_help()
         return 2

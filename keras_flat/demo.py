@@ -35,6 +35,7 @@ class RunResult:
     top_eigenvalue: float
     ms_per_step: float
     history: dict
+    model: object = dataclasses.field(default=None, repr=False, compare=False)
 
 
 class StepTimer(keras.callbacks.Callback):
@@ -110,8 +111,11 @@ def _loss_and_targets(loss, data):
 
 def run_one(data, algorithm, epochs, batch_size, learning_rate, seed, probe_size=256,
             num_probes=16, hidden=64, verbose=1, initial_weights=None, model_fn=None,
-            loss="mse", momentum=0.9):
-    """Trains one model with one algorithm and measures its flatness per epoch."""
+            loss="mse", momentum=0.9, keep_model=False):
+    """Trains one model with one algorithm and measures its flatness per epoch.
+
+    With `keep_model=True` the trained model is kept in the result's `model`.
+    """
     keras.utils.set_random_seed(seed)
     build = model_fn or (lambda: build_mlp(data.input_shape, data.num_classes, hidden, seed))
     inner = build()
@@ -144,6 +148,7 @@ def run_one(data, algorithm, epochs, batch_size, learning_rate, seed, probe_size
         top_eigenvalue=history["top_eigenvalue"][-1],
         ms_per_step=1000 * timer.seconds / max(timer.steps, 1),
         history=history,
+        model=model if keep_model else None,
     )
 
 
@@ -154,8 +159,11 @@ def display_name(algorithm):
 
 def compare(dataset="digits", names=("none", "sam", "rs", "sa"), epochs=30, batch_size=32,
             learning_rate=0.05, seeds=(0,), rhos=None, num_probes=16, probe_size=256,
-            hidden=64, verbose=1, log=print, loss="mse", sa_paper_rule=False):
+            hidden=64, verbose=1, log=print, loss="mse", sa_paper_rule=False,
+            keep_models=False):
     """Runs every algorithm under the same budget, for every seed.
+
+    With `keep_models=True` each result keeps its trained model.
 
     Returns:
         A list of `RunResult`, seed-major.
@@ -168,7 +176,8 @@ def compare(dataset="digits", names=("none", "sam", "rs", "sa"), epochs=30, batc
             log(f"--- {algorithms.registry.entry(name).label}, seed {seed} ---")
             algorithm = make_algorithm(name, rhos.get(name), sa_paper_rule=sa_paper_rule)
             results.append(run_one(data, algorithm, epochs, batch_size, learning_rate, seed,
-                                   probe_size, num_probes, hidden, verbose, loss=loss))
+                                   probe_size, num_probes, hidden, verbose, loss=loss,
+                                   keep_model=keep_models))
     return results
 
 
@@ -237,3 +246,36 @@ def plot(results, path, title="keras-flat demo"):
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_landscapes(results, data, names, output_dir, loss="mse", probe_size=512, seed=0,
+                    log=print):
+    """Each run's minimum along the same random directions, on one scale.
+
+    Writes `landscape.png` (a 1D panel and one contour per algorithm) and
+    CSV files of the values into `output_dir`, and logs a table of the
+    loss at each minimum, at the ends of the 1D line and its highest value
+    on the plane; the loss is the training loss on the first `probe_size`
+    training examples. `results` must hold their models
+    (`compare(..., keep_models=True)`).
+
+    Returns:
+        The paths written.
+    """
+    from keras_flat.landscape import compare_minima
+
+    _, _, y_train, _ = _loss_and_targets(loss, data)
+    probe = (data.x_train[:probe_size], y_train[:probe_size])
+    labels = [NAMES.get(name, name) for name in names]
+    lines, planes, _, paths = compare_minima(
+        [r.model for r in results], probe, labels, output_dir=output_dir, seed=seed,
+        title=f"Training loss around each minimum ({len(probe[0])} training examples, "
+              "filter-normalised random directions, seed " + str(seed) + ")")
+    rows = ["| algorithm | loss at the minimum | line, at α = −1 / +1 | highest on the plane |",
+            "|---|---|---|---|"]
+    for label, line, plane in zip(labels, lines, planes):
+        centre = line.loss[np.argmin(np.abs(line.alphas))]
+        rows.append(f"| {label} | {centre:.4f} | {line.loss[0]:.4f} / {line.loss[-1]:.4f} "
+                    f"| {np.max(plane.loss):.4f} |")
+    log("\n" + "\n".join(rows))
+    return paths

@@ -37,7 +37,7 @@ def test_tfds_names_go_through_tensorflow_datasets():
 def test_demo_runs_end_to_end_and_shows_the_flattening(tmp_path, capsys):
     out = os.path.join(tmp_path, "demo")
     code = cli.main(["demo", "--epochs", "3", "--probes", "8", "--probe-examples", "128",
-                     "--quiet", "--output-dir", out])
+                     "--quiet", "--output-dir", out, "--landscape"])
     assert code == 0
     printed = capsys.readouterr().out
     with open(os.path.join(out, "results.md")) as f:
@@ -60,6 +60,16 @@ def test_demo_runs_end_to_end_and_shows_the_flattening(tmp_path, capsys):
     plain = runs["plain SGD"]["hessian_trace"]
     for name in ("SAM", "RS (Alg. 1)", "SA (Alg. 2)"):
         assert runs[name]["hessian_trace"] < 0.9 * plain, name
+    # --landscape: every minimum along the same random directions, one figure.
+    with open(os.path.join(out, "landscape.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    for name in ("plain_sgd", "sam", "rs_alg_1", "sa_alg_2"):
+        line = np.loadtxt(os.path.join(out, f"landscape_{name}_1d.csv"), delimiter=",",
+                          skiprows=1)
+        plane = np.loadtxt(os.path.join(out, f"landscape_{name}_2d.csv"), delimiter=",",
+                           skiprows=1)
+        centre = plane[(plane[:, 0] == 0) & (plane[:, 1] == 0), 2]
+        assert line[line[:, 0] == 0, 1] == pytest.approx(centre, rel=1e-6), name
 
 
 def test_demo_help_explains_every_option():

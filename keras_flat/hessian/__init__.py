@@ -33,9 +33,11 @@ from keras_flat.hessian.operator import HessianOperator
 from keras_flat.hessian.operator import check_model  # noqa: F401
 from keras_flat.hessian.operator import in_replica
 from keras_flat.hessian.trace import TRACE_METHODS
+from keras_flat.hessian.trace import BlockTraces
 from keras_flat.hessian.trace import TraceEstimate
 from keras_flat.hessian.trace import hutch_plus_plus
 from keras_flat.hessian.trace import hutchinson
+from keras_flat.validation import check_bool
 from keras_flat.validation import check_choice
 from keras_flat.validation import check_count
 
@@ -104,7 +106,7 @@ def hvp(model, data, vectors, *, loss=None, training=False, method="auto",
 
 
 def hessian_trace(model, data=None, num_probes=32, method="hutchinson", seed=0,
-                  **operator_kwargs):
+                  per_variable=False, per_layer=False, **operator_kwargs):
     """Estimates tr(∇²L) with Rademacher probes, all in one compiled call.
 
     Args:
@@ -115,26 +117,42 @@ def hessian_trace(model, data=None, num_probes=32, method="hutchinson", seed=0,
         method: `"hutchinson"` or `"hutch++"` (better when a few eigenvalues
             dominate the trace).
         seed: Integer seed of the probes.
+        per_variable: Also estimate the trace of each trainable variable's
+            diagonal block of the Hessian, with its standard error, from the
+            same probes (`est.blocks`, a `BlockTraces`; the blocks sum to
+            the total).
+        per_layer: The same per layer (variables grouped by layer path).
         **operator_kwargs: `loss`, `training`, `method` of the products is
             `hvp_method` here, `batch_size`, `num_batches`, `jit_compile`.
 
     Returns:
-        A `TraceEstimate` (`value`, `stderr`, `samples`, `normalized`...).
+        A `TraceEstimate` (`value`, `stderr`, `samples`, `normalized`,
+        `blocks`...).
 
     Example:
 
     ```python
     est = keras_flat.hessian.hessian_trace(model, (x, y), num_probes=64)
     print(f"{est.value:.3f} ± {est.stderr:.3f}")
+    per_layer = keras_flat.hessian.hessian_trace(model, (x, y), per_layer=True).blocks
     ```
     """
     check_choice("method", method, TRACE_METHODS)
     check_count("num_probes", num_probes, 3 if method == "hutch++" else 1)
+    check_bool("per_variable", per_variable)
+    check_bool("per_layer", per_layer)
+    if per_variable and per_layer:
+        raise ValueError("Pass per_variable=True or per_layer=True, not both.")
     op = operator_for(model, data, **_operator_kwargs(operator_kwargs))
     seed = _seed(seed)
+    blocks = per_variable or per_layer
     if method == "hutchinson":
-        return hutchinson(op, num_probes, seed)
-    return hutch_plus_plus(op, num_probes, seed)
+        estimate = hutchinson(op, num_probes, seed, per_variable=blocks)
+    else:
+        estimate = hutch_plus_plus(op, num_probes, seed, per_variable=blocks)
+    if per_layer and not per_variable:
+        estimate.blocks = estimate.blocks.by_layer()
+    return estimate
 
 
 def top_eigenvalues(model, data=None, k=1, method="lanczos", max_iterations=100,
@@ -284,6 +302,7 @@ def _seed(seed):
 __all__ = [
     "HessianOperator",
     "TraceEstimate",
+    "BlockTraces",
     "EigenResult",
     "SpectralDensity",
     "hvp",
