@@ -266,7 +266,7 @@ def plot_landscapes(results, data, names, output_dir, loss="mse", probe_size=512
 
     _, _, y_train, _ = _loss_and_targets(loss, data)
     probe = (data.x_train[:probe_size], y_train[:probe_size])
-    labels = [NAMES.get(name, name) for name in names]
+    labels = [algorithms.registry.entry(name).label for name in names]
     lines, planes, _, paths = compare_minima(
         [r.model for r in results], probe, labels, output_dir=output_dir, seed=seed,
         title=f"Training loss around each minimum ({len(probe[0])} training examples, "

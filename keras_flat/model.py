@@ -133,7 +133,8 @@ class FlatMinimaModel(keras.Model):
             return
         variables = list(self.inner.trainable_variables)
         self._algorithm_built = True
-        build = BuildContext(variables, structure.roles(self.inner),
+        table = structure.parameters_by_id(self.inner)
+        build = BuildContext(variables, [table[id(v)] for v in variables],
                              self.algorithm_state.make_variable)
         self.algorithm.build(build)
 

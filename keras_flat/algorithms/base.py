@@ -83,7 +83,7 @@ class Algorithm:
 
         Args:
             build: A `keras_flat.algorithms.BuildContext`: the trainable
-                variables, their roles, and `make_variable(name, shape,
+                variables, their `Parameter`s, and `make_variable(name, shape,
                 dtype="float32")`, which returns a new non-trainable,
                 zero-initialised variable saved with the model.
         """

@@ -34,7 +34,7 @@ class StepContext:
             self._direction, self.grad_norm = vector.unit(self.view)
         else:  # Nothing uses it: keep the step's graph free of it.
             self._direction, self.grad_norm = None, vector.norm(self.view)
-        self._roles = None
+        self._parameters = None
 
     @property
     def direction(self):
@@ -69,11 +69,12 @@ class StepContext:
     def num_replicas(self):
         return self.oracle.num_replicas
 
-    def roles(self):
-        """`keras_flat.structure.roles` of the model (computed once per trace)."""
-        if self._roles is None:
-            self._roles = structure.roles(self.oracle.model)
-        return self._roles
+    def parameters(self):
+        """`[keras_flat.structure.Parameter]` of the trainable variables, in order."""
+        if self._parameters is None:
+            table = structure.parameters_by_id(self.oracle.model)
+            self._parameters = [table[id(v)] for v in self.trainable_variables]
+        return self._parameters
 
     def seed(self, stream):
         """A stateless seed for the random stream numbered `stream` in this step."""

@@ -116,12 +116,12 @@ class BuildContext:
 
     Attributes:
         variables: The trainable variables the optimizer updates.
-        roles: `keras_flat.structure.roles` of the model.
+        parameters: Their `keras_flat.structure.Parameter`s, in order.
     """
 
-    def __init__(self, variables, roles, make_variable, prefix=""):
+    def __init__(self, variables, parameters, make_variable, prefix=""):
         self.variables = list(variables)
-        self.roles = roles
+        self.parameters = list(parameters)
         self._make_variable = make_variable
         self._prefix = prefix
 
@@ -131,7 +131,7 @@ class BuildContext:
 
     def prefixed(self, prefix):
         """The same context, naming variables with an extra prefix."""
-        return BuildContext(self.variables, self.roles, self._make_variable,
+        return BuildContext(self.variables, self.parameters, self._make_variable,
                             self._prefix + prefix)
 
 

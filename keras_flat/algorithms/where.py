@@ -10,7 +10,6 @@ import keras
 import tensorflow as tf
 
 from keras_flat import rng
-from keras_flat import structure
 from keras_flat import vector
 from keras_flat.algorithms.example_direction import ExampleDirection  # noqa: F401
 from keras_flat.algorithms.piece import Perturbation
@@ -49,7 +48,7 @@ class ScaledAscent(Perturbation):
     `T`, which makes the sharpness it penalises invariant to rescaling the
     weights. As in the reference implementation, `T` applies to kernels,
     embeddings and normalisation scales; offsets (biases and normalisation
-    `beta`s, see `keras_flat.structure`) use `T = 1`.
+    `beta`s: `keras_flat.structure.Parameter.offset`) use `T = 1`.
 
     Args:
         rho: A finite number >= 0.
@@ -62,10 +61,9 @@ class ScaledAscent(Perturbation):
 
     def scales(self, ctx):
         """`T` for each variable (None where `T = 1`)."""
-        roles = ctx.roles()
         out = []
-        for variable, value in zip(ctx.trainable_variables, ctx.variables):
-            if structure.role_of(variable, roles) == "offset":
+        for parameter, value in zip(ctx.parameters(), ctx.variables):
+            if parameter.offset:
                 out.append(None)
             else:
                 dtype = vector.compute_dtype(value.dtype)
@@ -124,7 +122,7 @@ class FilterGaussian(Perturbation):
     """RWP's point: filter-wise Gaussian noise (Li et al., arXiv 2211.11489).
 
     Each filter `f` of a kernel (an output unit or channel; see
-    `keras_flat.structure.filter_axes`) gets independent normal noise of
+    `keras_flat.structure`) gets independent normal noise of
     standard deviation `sigma·‖w_f‖`, so the perturbation is relative to
     the scale of each filter. Offsets and normalisation scales are not
     perturbed unless `include_offsets`, in which case each such vector `v`
@@ -156,25 +154,18 @@ class FilterGaussian(Perturbation):
         if self.beta > 1.0:
             raise ValueError(f"Argument `beta` must be <= 1. Received: beta={beta!r}.")
 
-    def _perturbed(self, ctx):
-        roles = ctx.roles()
-        return [self.include_offsets or structure.role_of(v, roles) == "kernel"
-                or structure.role_of(v, roles) == "embedding"
-                for v in ctx.trainable_variables]
+    def _perturbed(self, parameter):
+        return self.include_offsets or parameter.kind in ("weight", "embedding")
 
     def init(self, build):
         if not self.adaptive:
             return {}
         # One accumulator per filter (a vector is a single filter).
-        return {i: build.make_variable(
-                    f"fisher_{i}", _filter_shape(v, structure.filter_axes(v, build.roles)))
-                for i, v in enumerate(build.variables)}
-
-    def _axes(self, ctx, variable):
-        return structure.filter_axes(variable, ctx.roles())
+        return {i: build.make_variable(f"fisher_{i}", _filter_shape(p))
+                for i, p in enumerate(build.parameters)}
 
     def _fisher(self, ctx, state, i, grad):
-        axes = self._axes(ctx, ctx.trainable_variables[i])
+        axes = ctx.parameters()[i].reduce_axes
         squares = tf.reduce_sum(tf.square(tf.cast(grad, tf.float32)), axis=axes, keepdims=True)
         return tf.reshape(self.beta * tf.reshape(state[i], [-1]) + tf.reshape(squares, [-1]),
                           state[i].shape)
@@ -182,13 +173,12 @@ class FilterGaussian(Perturbation):
     def gradient(self, ctx, prepared, state):
         seed = ctx.seed(self.STREAMS["filter_noise"])
         offset = []
-        for i, (variable, value, perturbed) in enumerate(
-                zip(ctx.trainable_variables, ctx.variables, self._perturbed(ctx))):
+        for i, (parameter, value) in enumerate(zip(ctx.parameters(), ctx.variables)):
             dtype = vector.compute_dtype(value.dtype)
-            if not perturbed:
+            if not self._perturbed(parameter):
                 offset.append(tf.zeros_like(value))
                 continue
-            axes = self._axes(ctx, variable)
+            axes = parameter.reduce_axes
             w = tf.cast(value, dtype)
             std = self.sigma * tf.sqrt(tf.reduce_sum(tf.square(w), axis=axes, keepdims=True))
             if self.adaptive:
@@ -209,5 +199,7 @@ class FilterGaussian(Perturbation):
                 "adaptive": self.adaptive, "eta": self.eta, "beta": self.beta}
 
 
-def _filter_shape(variable, axes):
-    return tuple(1 if a in axes else d for a, d in enumerate(variable.shape))
+def _filter_shape(parameter):
+    """The shape of one number per filter, broadcastable against the variable."""
+    return tuple(1 if a in parameter.reduce_axes else d
+                 for a, d in enumerate(parameter.shape))
