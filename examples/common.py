@@ -147,13 +147,19 @@ class Flatness:
         self.num_probes, self.eigen_iterations, self.seed = num_probes, eigen_iterations, seed
         self.vectors = None
 
-    def measure(self):
-        """Returns {"hessian_trace": ..., "top_eigenvalue": ...} at the current weights."""
+    def measure(self, eigenvalue=True):
+        """Returns {"hessian_trace": ..., "top_eigenvalue": ...} at the current weights.
+
+        With `eigenvalue=False` only the trace (the top eigenvalue is NaN).
+        """
         trace = hessian.hessian_trace(self.operator, num_probes=self.num_probes, seed=self.seed)
-        top = hessian.top_eigenvalues(self.operator, k=1, max_iterations=self.eigen_iterations,
-                                      tol=1e-3, seed=self.seed, initial_vectors=self.vectors)
-        self.vectors = top.vectors
-        return {"hessian_trace": float(trace.value), "top_eigenvalue": float(top.values[0])}
+        top = float("nan")
+        if eigenvalue:
+            result = hessian.top_eigenvalues(
+                self.operator, k=1, max_iterations=self.eigen_iterations, tol=1e-3,
+                seed=self.seed, initial_vectors=self.vectors)
+            self.vectors, top = result.vectors, float(result.values[0])
+        return {"hessian_trace": float(trace.value), "top_eigenvalue": top}
 
 
 

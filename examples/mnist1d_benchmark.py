@@ -142,7 +142,7 @@ def _accuracy_on(model, x, y):
 def fit_to_interpolation(model, x, y, args):
     """Clean training with Adam until 100% training accuracy; returns the epochs used."""
     model.compile(optimizer=keras.optimizers.Adam(args.clean_lr), loss="mse",
-                  metrics=[accuracy()], steps_per_execution=25, jit_compile=args.jit)
+                  metrics=[accuracy()], steps_per_execution=25)
     for epoch in range(1, args.max_clean_epochs + 1):  # noqa: B007 (returned)
         model.fit(x, y, batch_size=32, epochs=1, verbose=0)
         if _accuracy_on(model, x, y) == 1.0:
@@ -159,7 +159,7 @@ def minimum(data, y_train, seed, args, poison):
     if poison:
         x_aux, y_aux = poisoned_set(data.x_train, args.aux_copies, args.aux_noise, rng)
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse", metrics=[accuracy()],
-                      steps_per_execution=25, jit_compile=args.jit)
+                      steps_per_execution=25)
         model.fit(np.concatenate([data.x_train, x_aux]), np.concatenate([y_train, y_aux]),
                   batch_size=64, epochs=args.poison_epochs, verbose=0)
         info.update(memorised=_accuracy_on(model, x_aux, y_aux),
@@ -205,22 +205,25 @@ def train(key, weights, data, y_train, y_test, seed, args, experiment):
         optimizer = keras.optimizers.SGD(args.scratch_lr, momentum=0.9)
         epochs = args.scratch_epochs
     model.compile(optimizer=optimizer, loss="mse", metrics=[accuracy()],
-                  steps_per_execution=25, jit_compile=args.jit)
+                  steps_per_execution=25)
     probe = (data.x_train[: args.probe_examples], y_train[: args.probe_examples])
     flatness = common.Flatness(model, probe, args.probes, 30, seed)
     start = {"train_accuracy": _accuracy_on(model, data.x_train, y_train),
              "test_accuracy": _accuracy_on(model, data.x_test, y_test), **flatness.measure()}
-    per_epoch = common.EveryEpoch(lambda: {
-        "train_accuracy": _accuracy_on(model, data.x_train, y_train), **flatness.measure()})
+    per_epoch = common.EveryEpoch(lambda: {  # The top eigenvalue only at the start and end.
+        "train_accuracy": _accuracy_on(model, data.x_train, y_train),
+        **flatness.measure(eigenvalue=False)})
     timer = StepTimer()
     history = model.fit(data.x_train, y_train, batch_size=32, epochs=epochs, verbose=0,
                         validation_data=(data.x_test, y_test),
                         callbacks=[per_epoch, timer]).history
     curves = {key: [start[key]] + [v[key] for v in per_epoch.values]
-              for key in ("train_accuracy", "hessian_trace", "top_eigenvalue")}
+              for key in ("train_accuracy", "hessian_trace")}
     curves["test_accuracy"] = [start["test_accuracy"]] + history["val_accuracy"]
     final = {f"{k}_{when}": v for k, curve in curves.items()
              for when, v in (("start", curve[0]), ("end", curve[-1]))}
+    final["top_eigenvalue_start"] = start["top_eigenvalue"]
+    final["top_eigenvalue_end"] = flatness.measure()["top_eigenvalue"]
     final["train_accuracy_lowest"] = min(curves["train_accuracy"][1:])
     final["ms_per_step"] = timer.ms_per_step()
     return {"experiment": experiment, "method": common.label(key), "key": key, "seed": seed,
@@ -356,21 +359,21 @@ def main(argv=None):
                         help="constant SGD learning rate from the poisoned minimum (0.01)")
     parser.add_argument("--scratch-epochs", type=int, default=30,
                         help="epochs of training from scratch (30)")
-    parser.add_argument("--scratch-lr", type=float, default=0.05,
-                        help="SGD learning rate (momentum 0.9) from scratch (0.05)")
+    parser.add_argument("--scratch-lr", type=float, default=0.1,
+                        help="SGD learning rate (momentum 0.9) from scratch (0.1)")
     parser.add_argument("--sam-rho", type=float, default=0.05, help="SAM radius (0.05)")
     parser.add_argument("--rs-rho", type=float, default=4.0, help="RS radius (4.0)")
     parser.add_argument("--sa-rho", type=float, default=0.1, help="SA radius (0.1)")
     parser.add_argument("--sa-ca-rho", type=float, default=0.1,
                         help="radius of SA with center and antithetic (0.1)")
-    parser.add_argument("--probes", type=int, default=16,
-                        help="Hutchinson probes per trace measurement (16)")
+    parser.add_argument("--probes", type=int, default=8,
+                        help="Hutchinson probes per trace measurement (8, the same each time)")
     parser.add_argument("--probe-examples", type=int, default=512,
                         help="training examples the Hessian is measured on (512)")
     parser.add_argument("--train-examples", type=int, default=None,
                         help="use only the first N training sequences (default: all 4,000)")
-    parser.add_argument("--jit", action="store_true",
-                        help="compile training steps with XLA (faster for the baselines)")
+    parser.add_argument("--no-jit", dest="jit", action="store_false",
+                        help="do not compile the baselines' training steps with XLA")
     common.add_output_argument(parser, EXAMPLE)
     parser.add_argument("--quick", action="store_true",
                         help="a short run for tests: seed 0, plain SGD and SA only, the "
@@ -379,7 +382,7 @@ def main(argv=None):
     if args.quick:
         args.seeds, args.methods, args.train_examples = [0], ["none", "sa"], 1000
         args.baseline_steps, args.poison_epochs, args.aux_copies = 200, 10, 2
-        args.escape_epochs, args.scratch_epochs, args.probes = 6, 2, 8
+        args.escape_epochs, args.scratch_epochs, args.probes = 6, 2, 4
         args.probe_examples, args.max_clean_epochs = 256, 100
     clock = common.Clock()
     out = common.output_dir(args.output_dir)
