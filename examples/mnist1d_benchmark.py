@@ -332,6 +332,32 @@ def plot(runs, args, filename):
 
 # ----------------------------------------------------------------------------- main
 
+def merge(args, out, argv):
+    """Tables and plot of several runs' results.json (same settings, other seeds)."""
+    import json
+
+    runs, references, times, settings = [], {"normal": [], "poisoned": []}, [], None
+    for directory in args.merge:
+        with open(os.path.join(directory, "results.json")) as f:
+            part = json.load(f)
+        mine = {k: v for k, v in part["settings"].items()
+                if k not in ("seeds", "output_dir", "merge")}
+        if settings is not None and mine != settings:
+            raise ValueError(f"Cannot merge {directory}: its settings differ from the first "
+                             f"directory's ({mine} != {settings}).")
+        settings = mine
+        runs += part["runs"]
+        for name in references:
+            references[name] += part["minima"][name]
+        times.append(part["time"])
+    for key, value in settings.items():
+        setattr(args, key, value)
+    args.seeds = sorted({r["seed"] for r in runs})
+    plot(runs, args, os.path.join(out, f"{EXAMPLE}.png"))
+    return common.write_results(out, EXAMPLE, vars(args), runs, tables(runs, references, args),
+                                {"minima": references, "merged_times": times}, None, argv)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
@@ -374,6 +400,10 @@ def main(argv=None):
                         help="use only the first N training sequences (default: all 4,000)")
     parser.add_argument("--no-jit", dest="jit", action="store_false",
                         help="do not compile the baselines' training steps with XLA")
+    parser.add_argument("--merge", nargs="+", metavar="DIR", default=None,
+                        help="instead of running, combine the results.json of runs with the "
+                             "same settings and different seeds (e.g. run in parallel) into "
+                             "one set of tables and plot in --out")
     common.add_output_argument(parser, EXAMPLE)
     parser.add_argument("--quick", action="store_true",
                         help="a short run for tests: seed 0, plain SGD and SA only, the "
@@ -386,6 +416,8 @@ def main(argv=None):
         args.probe_examples, args.max_clean_epochs = 256, 100
     clock = common.Clock()
     out = common.output_dir(args.output_dir)
+    if args.merge:
+        return merge(args, out, argv)
     data = datasets.mnist1d(sequence_shape=True)
     if args.train_examples:
         data.x_train, data.y_train = (data.x_train[: args.train_examples],
