@@ -78,7 +78,7 @@ def run(args):
     a0, b0 = args.start, 1.0 / args.start
     imbalance0 = a0 * a0 - b0 * b0
     predicted_rate = {"gd": 0.0, "rs": 2 * args.lr * args.rho**2, "sa": 4 * args.lr * args.rho**2}
-    paths, rows, runs = {}, [], []
+    paths, rows, records = {}, [], []
     for method in METHODS:
         runs = [trajectory(method, a0, b0, args.steps, args.lr, args.rho, seed)
                 for seed in range(args.seeds if method in ("rs", "sa") else 1)]
@@ -95,14 +95,14 @@ def run(args):
         rows.append(row)
         every = max(1, args.steps // 100)
         for seed, path in enumerate(paths[method]):
-            runs.append({
+            records.append({
                 "experiment": "v1", "method": LABELS[method], "seed": seed,
                 "final": {"trace": float(2 * (path[-1, 0] ** 2 + path[-1, 1] ** 2)),
                           "loss": float((path[-1, 0] * path[-1, 1] - 1) ** 2),
                           "imbalance": float(path[-1, 0] ** 2 - path[-1, 1] ** 2)},
                 "history": {"step": list(range(0, args.steps + 1, every)),
                             "a": path[::every, 0].tolist(), "b": path[::every, 1].tolist()}})
-    return paths, rows, runs
+    return paths, rows, records
 
 
 def plot(paths, args, filename):
