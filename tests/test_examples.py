@@ -105,9 +105,10 @@ def test_mnist1d_benchmark_quick_poisoned_start_generalises_worse_and_sa_flatten
     assert sa["train_accuracy_lowest"] >= 0.99
 
 
-# Run as a script in a fresh process, as users run it: the script turns TensorFlow's
-# oneDNN CPU kernels off before importing TensorFlow (they crash in SA's single-example
-# gradient through GroupNormalization), which an in-process run cannot do.
+# Run in a fresh process with TensorFlow's oneDNN CPU kernels off (they crash in SA's
+# single-example gradient through GroupNormalization). The script itself turns them off
+# before importing TensorFlow; this runner imports TensorFlow first (to make two logical
+# devices), so the variable is set in its environment instead.
 _CIFAR_RUNNER = """
 import runpy, sys
 import tensorflow as tf
@@ -129,8 +130,8 @@ def run_cifar10_escape(tmp_path, strategy):
             "--batch-size", "8", "--eval-batch-size", "8", "--probe-examples", "8",
             "--probe-batch-size", "8", "--probes", "2", "--eigen-iterations", "3",
             "--aux-copies", "2", "--out", str(tmp_path)]
-    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    env.pop("TF_ENABLE_ONEDNN_OPTS", None)
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2",
+           "TF_ENABLE_ONEDNN_OPTS": "0"}
     done = subprocess.run(
         [sys.executable, "-c", _CIFAR_RUNNER, os.path.join(ROOT, "examples", "cifar10_escape.py")]
         + args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=1200)

@@ -57,3 +57,28 @@ def test_cifar10_escape_under_mirrored_strategy_on_mock_data(tmp_path):
     from test_examples import run_cifar10_escape
 
     run_cifar10_escape(tmp_path, "mirrored")
+
+
+def test_full_mnist1d_benchmark(tmp_path):
+    """Five seeds of every part (~45 min of CPU time)."""
+    import numpy as np
+
+    results = load_example("mnist1d_benchmark").main(["--out", str(tmp_path)])
+    runs = results["runs"]
+
+    def finals(experiment, method, key):
+        return np.array([r["final"][key] for r in runs
+                         if r["experiment"] == experiment and r["method"] == method])
+
+    # The published baselines: CNN 94%, MLP 68%.
+    assert finals("baseline", "published CNN", "test_accuracy").mean() >= 0.92
+    assert 0.60 <= finals("baseline", "published MLP", "test_accuracy").mean() <= 0.70
+    for normal, poisoned in zip(results["minima"]["normal"], results["minima"]["poisoned"]):
+        assert poisoned["test_accuracy"] < normal["test_accuracy"] - 0.04
+    plain_start = finals("escape", "plain SGD", "test_accuracy_start")
+    plain_end = finals("escape", "plain SGD", "test_accuracy_end")
+    assert np.all(np.abs(plain_end - plain_start) < 0.02)  # Plain SGD stays.
+    sa_trace = finals("escape", "SA (Alg. 2)", "hessian_trace_end")
+    assert np.all(sa_trace < 0.8 * finals("escape", "SA (Alg. 2)", "hessian_trace_start"))
+    assert np.all(sa_trace < finals("escape", "plain SGD", "hessian_trace_end"))
+    assert finals("escape", "SA (Alg. 2)", "test_accuracy_end").mean() > plain_end.mean()
