@@ -24,8 +24,9 @@ MLP 68%, CNN 94%, GRU 91% test accuracy.
    on the clean set with plain SGD at a small constant learning rate for the
    same number of epochs: plain SGD, SAM, RS (Algorithm 1), SA (Algorithm 2,
    the paper's rule) and SA with the `center` and `antithetic` options.
-   Every epoch: Hessian trace (Hutchinson) and top eigenvalue (Lanczos) on
-   512 training examples, training and test accuracy.
+   Every epoch: the Hessian trace (Hutchinson, 8 probes, the same each time)
+   on the first 512 training sequences, training and test accuracy; the top
+   eigenvalue (Lanczos) at the start and the end.
 3. From scratch: the same CNN and loss, trained from the same initial
    weights by every method under the same budget (SGD with momentum 0.9).
 
@@ -35,6 +36,9 @@ deviation, the plot the per-epoch mean with the range over seeds shaded.
 
 Usage:
     python examples/mnist1d_benchmark.py [--seeds 0 1 2 3 4] [--quick] [--out DIR]
+    python examples/mnist1d_benchmark.py --seeds 0 1 --out a & \
+        python examples/mnist1d_benchmark.py --seeds 2 3 4 --out b; wait
+    python examples/mnist1d_benchmark.py --merge a b --out c   # one set of tables
 """
 
 import argparse
