@@ -1,9 +1,49 @@
-"""Helpers shared by the example scripts (output folders, tables, JSON)."""
+"""Helpers shared by the example scripts: methods, output folders, tables, results.json."""
 
 import json
 import os
+import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+
+from keras_flat import algorithms  # noqa: E402
+from keras_flat import demo  # noqa: E402
+from keras_flat import hessian  # noqa: E402
+
+# The methods the examples compare: key -> (algorithm name for
+# keras_flat.algorithms.get, fixed options, table label). "sa" is the paper's
+# Algorithm 2 exactly; "sa-ca" adds the center and antithetic options, which
+# keep its expected step but are not the paper's rule, so it has its own label.
+METHODS = {
+    "none": ("none", {}, demo.NAMES["none"]),
+    "sam": ("sam", {}, demo.NAMES["sam"]),
+    "rs": ("rs", {}, demo.NAMES["rs"]),
+    "sa": ("sa", {}, demo.NAMES["sa"]),
+    "sa-ca": ("sa", {"center": True, "antithetic": True}, "SA + center, antithetic"),
+}
+
+
+def make_algorithm(key, rho=None):
+    """The algorithm of `METHODS[key]` with radius `rho` (ignored for plain SGD)."""
+    name, options, _ = METHODS[key]
+    if name == "none":
+        return algorithms.get("none")
+    return algorithms.get(name, rho=rho, **options)
+
+
+def label(key):
+    return METHODS[key][2]
+
+
+def add_output_argument(parser, example):
+    """`--out DIR` (alias `--output-dir`), default examples_output/<example> (gitignored)."""
+    parser.add_argument("--out", "--output-dir", dest="output_dir",
+                        default=os.path.join("examples_output", example),
+                        help=f"folder for results.json, results.md and {example}.png "
+                             f"(default examples_output/{example})")
 
 
 def output_dir(path):
@@ -23,11 +63,113 @@ def markdown_table(rows, columns, digits=4):
     return "\n".join(lines)
 
 
-def save(directory, name, table, results):
-    """Writes `<name>.md` (the table) and `<name>.json` (all numbers)."""
-    with open(os.path.join(directory, f"{name}.md"), "w") as f:
-        f.write(table + "\n")
-    with open(os.path.join(directory, f"{name}.json"), "w") as f:
+def mean_std(values, digits=3, percent=False):
+    """'mean ± sample std' of a list of numbers (just the mean for one value)."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=np.float64) * (100.0 if percent else 1.0)
+    text = f"{values.mean():.{digits}f}"
+    if len(values) > 1:
+        text += f" ± {values.std(ddof=1):.{digits}f}"
+    return text
+
+
+class Clock:
+    """Wall and CPU seconds of this process since construction, and the load average."""
+
+    def __init__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        self.load_start = _load()
+
+    def report(self):
+        return {"wall_seconds": time.perf_counter() - self.wall,
+                "cpu_seconds": time.process_time() - self.cpu,
+                "load_average_1min_start": self.load_start,
+                "load_average_1min_end": _load(), "cpu_count": os.cpu_count()}
+
+
+def _load():
+    try:
+        return os.getloadavg()[0]
+    except OSError:  # pragma: no cover - not on every platform
+        return float("nan")
+
+
+def write_results(directory, example, settings, runs, tables, extra=None, clock=None,
+                  argv=None):
+    """Writes results.json and results.md into `directory`; prints the tables.
+
+    Args:
+        directory: Output folder (created if needed).
+        example: The example's name.
+        settings: Its parsed arguments (a dict).
+        runs: One dict per method and seed: {"experiment", "method", "seed",
+            "final": {metric: number}, "history": {metric: [per epoch or step]}}.
+        tables: {title: Markdown table}, the tables the README quotes.
+        extra: Any further JSON-serialisable results.
+        clock: A `Clock` started at the beginning of the run, to record its time.
+        argv: The example's arguments (default: the command line's).
+    """
+    output_dir(directory)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = " ".join(["python", f"examples/{example}.py"] + argv)
+    results = {"example": example, "command": command,
+               "settings": settings, "runs": runs, "tables": tables, **(extra or {})}
+    if clock is not None:
+        results["time"] = clock.report()
+    with open(os.path.join(directory, "results.json"), "w") as f:
         json.dump(results, f, indent=1, default=float)
-    print(table)
-    print(f"\nWrote {os.path.join(directory, name)}.md, .json and .png")
+    text = "\n\n".join(f"## {title}\n\n{table}" for title, table in tables.items())
+    with open(os.path.join(directory, "results.md"), "w") as f:
+        f.write(text + "\n")
+    print(text)
+    if clock is not None:
+        t = results["time"]
+        print(f"\n{t['wall_seconds']:.0f} s wall, {t['cpu_seconds']:.0f} s CPU "
+              f"(load average {t['load_average_1min_start']:.1f} at the start, "
+              f"{t['load_average_1min_end']:.1f} at the end, {t['cpu_count']} cores)")
+    print(f"\nWrote {os.path.join(directory, 'results.json')} and results.md")
+    return results
+
+
+class Flatness:
+    """Hessian trace (Hutchinson) and top eigenvalue (Lanczos) of a model's loss on fixed data.
+
+    One `HessianOperator` (double-backward products, traced once) serves
+    every measurement; the probes are the same each time (common random
+    numbers) and Lanczos starts from the previous top eigenvector.
+    """
+
+    def __init__(self, model, data, num_probes=16, eigen_iterations=30, seed=0,
+                 batch_size=None):
+        self.operator = hessian.HessianOperator(
+            model, data, batch_size=batch_size, method="double_backward")
+        self.num_probes, self.eigen_iterations, self.seed = num_probes, eigen_iterations, seed
+        self.vectors = None
+
+    def measure(self, eigenvalue=True):
+        """Returns {"hessian_trace": ..., "top_eigenvalue": ...} at the current weights.
+
+        With `eigenvalue=False` only the trace (the top eigenvalue is NaN).
+        """
+        trace = hessian.hessian_trace(self.operator, num_probes=self.num_probes, seed=self.seed)
+        top = float("nan")
+        if eigenvalue:
+            result = hessian.top_eigenvalues(
+                self.operator, k=1, max_iterations=self.eigen_iterations, tol=1e-3,
+                seed=self.seed, initial_vectors=self.vectors)
+            self.vectors, top = result.vectors, float(result.values[0])
+        return {"hessian_trace": float(trace.value), "top_eigenvalue": top}
+
+
+
+
+class EveryEpoch(keras.callbacks.Callback):
+    """Calls `measure()` (returning a dict) at every epoch end and keeps the results."""
+
+    def __init__(self, measure):
+        super().__init__()
+        self.measure, self.values = measure, []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.values.append(self.measure())

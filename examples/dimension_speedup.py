@@ -17,7 +17,7 @@ full trace gradient; with more examples it is curvature along one direction
 of a higher-rank Hessian, and the trace falls more slowly.
 
 Usage:
-    python examples/dimension_speedup.py [--dims 2 4 8 16 32] [--quick]
+    python examples/dimension_speedup.py [--dims 2 4 8 16 32] [--quick] [--out DIR]
 """
 
 import argparse
@@ -31,6 +31,8 @@ import numpy as np  # noqa: E402
 import keras_flat  # noqa: E402
 
 import common  # noqa: E402
+
+EXAMPLE = "dimension_speedup"
 
 
 def vector_v1(k, a):
@@ -112,24 +114,34 @@ def examples_effect(examples, steps, lr, rho, seed, record_every):
 
 
 def run(args):
-    rows = []
+    rows, runs = [], []
     for k in (d // 2 for d in args.dims):
         dim = 2 * k
         base = 4 * args.lr * args.rho**2
-        rs_steps = int(np.ceil(1.5 * dim / base))
-        sa_steps = int(np.ceil(1.5 / base))
-        rs = float(np.mean([decay_rate("rs", k, rs_steps, args.lr, args.rho, s)
-                            for s in range(args.seeds)]))
-        sa = float(np.mean([decay_rate("sa", k, sa_steps, args.lr, args.rho, s)
-                            for s in range(max(1, args.seeds // 2))]))
+        rates = {}
+        for method, steps, seeds in (("rs", int(np.ceil(1.5 * dim / base)), args.seeds),
+                                     ("sa", int(np.ceil(1.5 / base)), max(1, args.seeds // 2))):
+            rates[method] = [decay_rate(method, k, steps, args.lr, args.rho, s)
+                             for s in range(seeds)]
+            runs += [{"experiment": f"v1, D = {dim}", "method": method.upper(), "seed": s,
+                      "final": {"rate": float(r), "steps": steps}, "history": {}}
+                     for s, r in enumerate(rates[method])]
+        rs, sa = float(np.mean(rates["rs"])), float(np.mean(rates["sa"]))
         rows.append({"D": dim, "RS rate": rs, "RS predicted": -np.log(1 - base / dim),
                      "SA rate": sa, "SA predicted": -np.log(1 - base),
                      "SA/RS ratio": sa / rs, "predicted ratio": float(dim)})
-    curves = {m: np.mean([examples_effect(m, args.v3_steps, args.v3_lr, args.v3_rho, s,
-                                          args.v3_steps // 20)
-                          for s in range(max(1, args.seeds // 2))], axis=0)
-              for m in (1, 3, 6)}
-    return rows, curves
+    curves = {}
+    for m in (1, 3, 6):
+        per_seed = [examples_effect(m, args.v3_steps, args.v3_lr, args.v3_rho, s,
+                                    args.v3_steps // 20)
+                    for s in range(max(1, args.seeds // 2))]
+        curves[m] = np.mean(per_seed, axis=0)
+        runs += [{"experiment": "v3", "method": f"SA, examples={m}", "seed": s,
+                  "final": {"trace": float(c[-1])},
+                  "history": {"step": np.linspace(0, args.v3_steps, len(c)).tolist(),
+                              "hessian_trace": c.tolist()}}
+                 for s, c in enumerate(per_seed)]
+    return rows, curves, runs
 
 
 def plot(rows, curves, args, filename):
@@ -173,24 +185,25 @@ def main(argv=None):
     parser.add_argument("--v3-steps", type=int, default=4000, help="steps of part 2 (4000)")
     parser.add_argument("--v3-lr", type=float, default=0.01, help="learning rate of part 2")
     parser.add_argument("--v3-rho", type=float, default=0.3, help="radius of part 2")
-    parser.add_argument("--output-dir", default="examples_output", help="where to write outputs")
+    common.add_output_argument(parser, EXAMPLE)
     parser.add_argument("--quick", action="store_true", help="D = 2 and 8 only, short part 2")
     args = parser.parse_args(argv)
     if args.quick:
         args.dims, args.seeds, args.v3_steps = [2, 8], 4, 1000
     if any(d % 2 or d < 2 for d in args.dims):
         parser.error("--dims must be even numbers >= 2")
+    clock = common.Clock()
     out = common.output_dir(args.output_dir)
-    rows, curves = run(args)
-    plot(rows, curves, args, os.path.join(out, "dimension_speedup.png"))
+    rows, curves, runs = run(args)
+    plot(rows, curves, args, os.path.join(out, f"{EXAMPLE}.png"))
     finals = [{"SA examples": m, "start trace": float(c[0]), "final trace": float(c[-1])}
               for m, c in curves.items()]
-    table = (common.markdown_table(rows, ["D", "RS rate", "RS predicted", "SA rate",
-                                          "SA predicted", "SA/RS ratio", "predicted ratio"])
-             + "\n\n"
-             + common.markdown_table(finals, ["SA examples", "start trace", "final trace"]))
-    common.save(out, "dimension_speedup", table,
-                {"settings": vars(args), "rows": rows, "examples": finals})
+    tables = {
+        "v1": common.markdown_table(rows, ["D", "RS rate", "RS predicted", "SA rate",
+                                           "SA predicted", "SA/RS ratio", "predicted ratio"]),
+        "v3": common.markdown_table(finals, ["SA examples", "start trace", "final trace"])}
+    common.write_results(out, EXAMPLE, vars(args), runs, tables,
+                         {"rows": rows, "examples": finals}, clock, argv)
     return rows, finals
 
 

@@ -15,9 +15,11 @@ radius. This script does the same with a small CNN on scikit-learn's bundled
 2. then train on the clean set alone until 100% training accuracy: a global
    minimum of the clean loss that generalises badly (about 84% test accuracy
    against 98% for normal training);
-3. from that minimum, continue on the clean set with plain SGD, RS and SA at a
-   small constant learning rate, measuring training accuracy, test accuracy
-   and the Hessian trace (Hutchinson, on 256 training examples) every epoch.
+3. from that minimum, continue on the clean set with plain SGD, RS, SA (the
+   paper's Algorithm 2 exactly) and SA with the `center` and `antithetic`
+   options (the same expected step, not the paper's rule) at a small constant
+   learning rate, measuring training accuracy, test accuracy and the Hessian
+   trace (Hutchinson, on 256 training examples) every epoch.
 
 `--rescale c` additionally multiplies the hidden dense layer by c and divides
 the output layer by c: the same function, hence the same minimum of the loss
@@ -30,7 +32,7 @@ as in the paper's Setting 1). The sharp minimum is cached in the output
 folder and reused by later runs with the same settings.
 
 Usage:
-    python examples/escape_sharp_minimum.py [--epochs 60] [--quick]
+    python examples/escape_sharp_minimum.py [--epochs 60] [--quick] [--out DIR]
 """
 
 import argparse
@@ -48,7 +50,8 @@ from keras_flat import datasets  # noqa: E402
 
 import common  # noqa: E402
 
-LABELS = {"none": "plain SGD", "rs": "RS (Alg. 1)", "sa": "SA (Alg. 2)"}
+EXAMPLE = "escape_sharp_minimum"
+METHODS = ("none", "rs", "sa", "sa-ca")
 
 
 def cnn(width=128):
@@ -145,16 +148,12 @@ def normal_minimum(data, y_train, y_test, args):
             "hessian_trace": keras_flat.hessian.hessian_trace(model, probe, num_probes=32).value}
 
 
-def escape(name, weights, data, y_train, y_test, args):
+def escape(key, weights, data, y_train, y_test, args):
     """Phase 3 for one method; returns its per-epoch history and final numbers."""
     inner = cnn()
     inner.set_weights(weights)
-    algorithm = {"none": None,
-                 "rs": keras_flat.algorithms.RandomSmoothing(rho=args.rs_rho),
-                 "sa": keras_flat.algorithms.SharpnessAware(
-                     rho=args.sa_rho, center=not args.sa_paper_rule,
-                     antithetic=not args.sa_paper_rule)}[name]
-    model = keras_flat.FlatMinimaModel(inner, algorithm, seed=args.seed)
+    rho = {"none": None, "rs": args.rs_rho, "sa": args.sa_rho, "sa-ca": args.sa_ca_rho}[key]
+    model = keras_flat.FlatMinimaModel(inner, common.make_algorithm(key, rho), seed=args.seed)
     model.compile(optimizer=keras.optimizers.SGD(args.lr), loss="mse", metrics=[accuracy()])
     probe = (data.x_train[:256], y_train[:256])
 
@@ -175,7 +174,7 @@ def escape(name, weights, data, y_train, y_test, args):
         validation_data=(data.x_test, y_test),
         callbacks=[callbacks.HessianTrace(probe, num_probes=16), EvaluateTrain()]).history
     return {
-        "method": LABELS[name],
+        "method": common.label(key), "key": key, "seed": args.seed, "rho": rho,
         "train acc": train_accuracy[-1], "min train acc": min(train_accuracy),
         "test acc start": start["test"], "test acc end": history["val_accuracy"][-1],
         "trace start": start["trace"], "trace end": history["hessian_trace"][-1],
@@ -215,10 +214,12 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=60, help="epochs from the sharp minimum (60)")
     parser.add_argument("--lr", type=float, default=0.02, help="constant SGD learning rate (0.02)")
     parser.add_argument("--rs-rho", type=float, default=4.0, help="RS radius (4.0)")
-    parser.add_argument("--sa-rho", type=float, default=0.05, help="SA radius (0.05)")
-    parser.add_argument("--sa-paper-rule", action="store_true",
-                        help="run SA exactly as Algorithm 2 (default: center=True, "
-                             "antithetic=True, the same expected step without per-example noise)")
+    parser.add_argument("--sa-rho", type=float, default=0.05,
+                        help="radius of SA, the paper's Algorithm 2 (0.05)")
+    parser.add_argument("--sa-ca-rho", type=float, default=0.05,
+                        help="radius of SA with center=True, antithetic=True (0.05)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
+                        help="methods to continue with (default: all)")
     parser.add_argument("--sharpening-epochs", type=int, default=400,
                         help="at most this many epochs of phase 1, the joint training with the "
                              "random-label auxiliary set (400; it stops once the clean set is "
@@ -235,14 +236,15 @@ def main(argv=None):
                              "layer by it: the same function (ReLU is positively homogeneous) "
                              "at a sharper minimum, as in Dinh et al. 2017 (1: off)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output-dir", default="examples_output", help="where to write outputs")
+    common.add_output_argument(parser, EXAMPLE)
     parser.add_argument("--quick", action="store_true",
                         help="a short run for tests: no poisoning; normal training's minimum "
                              "rescaled by 4; 6 epochs with RS rho 2 and SA rho 0.1")
     args = parser.parse_args(argv)
     if args.quick:
         args.epochs, args.sharpening_epochs, args.rescale = 6, 0, 4.0
-        args.rs_rho, args.sa_rho = 2.0, 0.1
+        args.rs_rho, args.sa_rho, args.sa_ca_rho = 2.0, 0.1, 0.1
+    clock = common.Clock()
     out = common.output_dir(args.output_dir)
     data = datasets.load("digits", image_shape=True, seed=args.seed)
     eye = np.eye(10, dtype="float32")
@@ -268,17 +270,21 @@ def main(argv=None):
             "hessian_trace": keras_flat.hessian.hessian_trace(
                 model, (data.x_train[:256], y_train[:256]), num_probes=32).value}
     weights = rescale(weights, args.rescale)
-    rows = [escape(name, weights, data, y_train, y_test, args) for name in ("none", "rs", "sa")]
-    plot(rows, reference, os.path.join(out, "escape_sharp_minimum.png"))
+    rows = [escape(key, weights, data, y_train, y_test, args) for key in args.methods]
+    plot(rows, reference, os.path.join(out, f"{EXAMPLE}.png"))
+    shown = [{**r, "method": r["method"] + ("" if r["rho"] is None else f", ρ = {r['rho']:g}")}
+             for r in rows]
     table = common.markdown_table(
-        rows, ["method", "train acc", "min train acc", "test acc start", "test acc end",
-               "trace start", "trace end", "seconds"])
+        shown, ["method", "train acc", "min train acc", "test acc start", "test acc end",
+                "trace start", "trace end", "seconds"])
     table += (f"\n\nNormal training from scratch, stopped at 100% training accuracy: test "
               f"accuracy {reference['test_accuracy']:.4f}, Hessian trace "
               f"{reference['hessian_trace']:.4g}.")
-    common.save(out, "escape_sharp_minimum", table,
-                {"settings": vars(args), "sharpening": info, "normal": reference,
-                 "rows": rows})
+    runs = [{"experiment": "escape", "method": r["method"], "key": r["key"], "seed": r["seed"],
+             "rho": r["rho"], "final": {k: v for k, v in r.items() if not isinstance(v, dict)},
+             "history": r["history"]} for r in rows]
+    common.write_results(out, EXAMPLE, vars(args), runs, {"escape": table},
+                         {"sharpening": info, "normal": reference}, clock, argv)
     return rows, reference
 
 

@@ -20,7 +20,7 @@ undefined (g = 0) and its step is zero, while SA's jitter (the paper's
 Remark 2) and RS's random directions still find the way along the minima.
 
 Usage:
-    python examples/two_dim_manifold.py [--steps 1500] [--seeds 4] [--quick]
+    python examples/two_dim_manifold.py [--steps 1500] [--seeds 4] [--quick] [--out DIR]
 """
 
 import argparse
@@ -35,6 +35,7 @@ import keras_flat  # noqa: E402
 
 import common  # noqa: E402
 
+EXAMPLE = "two_dim_manifold"
 METHODS = ("gd", "rs", "sa", "sam")
 LABELS = {"gd": "plain GD", "rs": "RS (Alg. 1)", "sa": "SA (Alg. 2)", "sam": "SAM"}
 
@@ -77,7 +78,7 @@ def run(args):
     a0, b0 = args.start, 1.0 / args.start
     imbalance0 = a0 * a0 - b0 * b0
     predicted_rate = {"gd": 0.0, "rs": 2 * args.lr * args.rho**2, "sa": 4 * args.lr * args.rho**2}
-    paths, rows = {}, []
+    paths, rows, records = {}, [], []
     for method in METHODS:
         runs = [trajectory(method, a0, b0, args.steps, args.lr, args.rho, seed)
                 for seed in range(args.seeds if method in ("rs", "sa") else 1)]
@@ -92,7 +93,16 @@ def run(args):
                "start trace": 2 * (a0**2 + b0**2), "final trace": float(final),
                "final loss": float(np.mean([(p[-1, 0] * p[-1, 1] - 1) ** 2 for p in runs]))}
         rows.append(row)
-    return paths, rows
+        every = max(1, args.steps // 100)
+        for seed, path in enumerate(paths[method]):
+            records.append({
+                "experiment": "v1", "method": LABELS[method], "seed": seed,
+                "final": {"trace": float(2 * (path[-1, 0] ** 2 + path[-1, 1] ** 2)),
+                          "loss": float((path[-1, 0] * path[-1, 1] - 1) ** 2),
+                          "imbalance": float(path[-1, 0] ** 2 - path[-1, 1] ** 2)},
+                "history": {"step": list(range(0, args.steps + 1, every)),
+                            "a": path[::every, 0].tolist(), "b": path[::every, 1].tolist()}})
+    return paths, rows, records
 
 
 def plot(paths, args, filename):
@@ -143,17 +153,19 @@ def main(argv=None):
     parser.add_argument("--rho", type=float, default=0.3, help="radius ρ of RS, SA, SAM (0.3)")
     parser.add_argument("--start", type=float, default=3.0,
                         help="start at the minimum (a, 1/a) with this a (3)")
-    parser.add_argument("--output-dir", default="examples_output", help="where to write outputs")
+    common.add_output_argument(parser, EXAMPLE)
     parser.add_argument("--quick", action="store_true", help="a short run for tests (300 steps)")
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.seeds = 300, 2
+    clock = common.Clock()
     out = common.output_dir(args.output_dir)
-    paths, rows = run(args)
-    plot(paths, args, os.path.join(out, "two_dim_manifold.png"))
+    paths, rows, runs = run(args)
+    plot(paths, args, os.path.join(out, f"{EXAMPLE}.png"))
     table = common.markdown_table(rows, ["method", "measured rate", "predicted rate",
                                          "start trace", "final trace", "final loss"])
-    common.save(out, "two_dim_manifold", table, {"settings": vars(args), "rows": rows})
+    common.write_results(out, EXAMPLE, vars(args), runs, {"v1": table}, {"rows": rows},
+                         clock, argv)
     return rows
 
 

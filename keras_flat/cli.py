@@ -46,8 +46,9 @@ def add_demo_arguments(parser):
     """The options of `keras-flat demo` (shared with examples/compare_optimizers.py)."""
     parser.add_argument(
         "--dataset", default="digits",
-        help="Dataset: 'digits' (scikit-learn's bundled 8x8 digits, works offline) or a "
-             "TensorFlow Datasets name such as 'mnist' (downloads; needs internet and "
+        help="Dataset: 'digits' (scikit-learn's bundled 8x8 digits) or 'mnist1d' (MNIST-1D, "
+             "generated locally; needs keras-flat[datasets]), both offline, or a TensorFlow "
+             "Datasets name such as 'mnist' (downloads; needs internet and "
              "keras-flat[datasets]). Default: digits.")
     choices = ", ".join(f"{e.name} ({e.label})" for e in algorithms.registry.entries())
     parser.add_argument(
