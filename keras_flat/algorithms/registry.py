@@ -112,23 +112,33 @@ def by_class(cls):
     return None
 
 
-def label(algorithm):
-    """A table label: the registered name, its radius and any non-default options.
+def label(algorithm, radius=True):
+    """A table label: the registered name, its options and (optionally) radius.
 
-    Example: `"SA (Alg. 2), ρ=0.1, center, antithetic"`.
+    Options that depart from the published rule (`center`, `antithetic`)
+    replace the rule's citation, so a variant is never labelled as the
+    paper's algorithm: `"SA (Alg. 2), ρ=0.1"` but `"SA + center, antithetic,
+    ρ=0.1"`.
+
+    Args:
+        algorithm: An `Algorithm`.
+        radius: Include the radius (`rho` or `sigma`).
     """
     found = by_class(type(algorithm))
     text = found.label if found else type(algorithm).__name__
+    options = [o for o in ("center", "antithetic") if getattr(algorithm, o, False)]
+    if options:
+        text = text.split(" (")[0] + " + " + ", ".join(options)
     extras = []
     for key, symbol in (("rho", "ρ"), ("sigma", "σ")):
         value = getattr(algorithm, key, None)
-        if value is not None:
+        if radius and value is not None:
             extras.append(f"{symbol}={value:g}")
-    for option in ("center", "antithetic"):
-        if getattr(algorithm, option, False):
-            extras.append(option)
     for option in ("interval", "k"):
         value = getattr(algorithm, option, 1)
         if isinstance(value, int) and value > 1:
             extras.append(f"{option}={value}")
+    start = getattr(algorithm, "start", None)
+    if start is not None:
+        extras.append(f"start={start:g}")
     return f"{text}, {', '.join(extras)}" if extras else text
