@@ -50,16 +50,16 @@ def hutchinson(operator, num_probes, seed):
     Returns:
         A `TraceEstimate`.
     """
-    method = operator.choose_method()
+    def make(method):
+        def estimate(seed, num_probes):
+            samples = tf.TensorArray(operator.dtype, size=num_probes)
+            for i in tf.range(num_probes):
+                z = vector.rademacher_like(operator.variables, rng.fold_in(seed, i))
+                samples = samples.write(i, vector.dot(z, operator._hvp(z, method)))
+            return samples.stack()
+        return estimate
 
-    def estimate(seed, num_probes):
-        samples = tf.TensorArray(operator.dtype, size=num_probes)
-        for i in tf.range(num_probes):
-            z = vector.rademacher_like(operator.variables, rng.fold_in(seed, i))
-            samples = samples.write(i, vector.dot(z, operator._hvp(z, method)))
-        return samples.stack()
-
-    fn = operator._function("hutchinson", estimate)
+    fn = operator._function("hutchinson", make)
     samples = fn(tf.convert_to_tensor(seed), tf.constant(num_probes, tf.int32)).numpy()
     return _result(samples, num_probes, "hutchinson", operator.dimension)
 
@@ -84,33 +84,39 @@ def hutch_plus_plus(operator, num_matvecs, seed):
     """
     sketch = min(num_matvecs // 3, operator.dimension)  # QR has at most d columns.
     residual = num_matvecs - 2 * sketch
-    method = operator.choose_method()
     like = operator.variables
 
-    def matvec(flat):
-        return vector.flatten(operator._hvp(vector.unflatten(flat, like), method))
+    def make(method):
+        def matvec(flat):
+            return vector.flatten(operator._hvp(vector.unflatten(flat, like), method))
 
-    def estimate(seed, sketch, residual):
-        columns = tf.TensorArray(operator.dtype, size=sketch)
-        for i in tf.range(sketch):
-            s = vector.flatten(vector.rademacher_like(like, rng.fold_in(seed, i)))
-            columns = columns.write(i, matvec(s))
-        q, _ = tf.linalg.qr(tf.transpose(columns.stack()))
-        low_rank = tf.zeros((), operator.dtype)
-        for i in tf.range(sketch):
-            low_rank += tf.tensordot(q[:, i], matvec(q[:, i]), 1)
-        samples = tf.TensorArray(operator.dtype, size=residual)
-        for i in tf.range(residual):
-            g = vector.flatten(vector.rademacher_like(like, rng.fold_in(seed, sketch + i)))
-            g = g - tf.linalg.matvec(q, tf.linalg.matvec(q, g, transpose_a=True))
-            samples = samples.write(i, tf.tensordot(g, matvec(g), 1))
-        return low_rank + samples.stack()
+        def estimate(seed, sketch, residual):
+            return _hutch_plus_plus(matvec, like, operator.dtype, seed, sketch, residual)
+        return estimate
 
-    fn = operator._function("hutch++", estimate)
+    fn = operator._function("hutch++", make)
     samples = fn(
         tf.convert_to_tensor(seed), tf.constant(sketch), tf.constant(residual)
     ).numpy()
     return _result(samples, num_matvecs, "hutch++", operator.dimension)
+
+
+def _hutch_plus_plus(matvec, like, dtype, seed, sketch, residual):
+    """The body of `hutch_plus_plus`, for one flat HVP function `matvec`."""
+    columns = tf.TensorArray(dtype, size=sketch)
+    for i in tf.range(sketch):
+        s = vector.flatten(vector.rademacher_like(like, rng.fold_in(seed, i)))
+        columns = columns.write(i, matvec(s))
+    q, _ = tf.linalg.qr(tf.transpose(columns.stack()))
+    low_rank = tf.zeros((), dtype)
+    for i in tf.range(sketch):
+        low_rank += tf.tensordot(q[:, i], matvec(q[:, i]), 1)
+    samples = tf.TensorArray(dtype, size=residual)
+    for i in tf.range(residual):
+        g = vector.flatten(vector.rademacher_like(like, rng.fold_in(seed, sketch + i)))
+        g = g - tf.linalg.matvec(q, tf.linalg.matvec(q, g, transpose_a=True))
+        samples = samples.write(i, tf.tensordot(g, matvec(g), 1))
+    return low_rank + samples.stack()
 
 
 def _result(samples, num_matvecs, method, dimension):
