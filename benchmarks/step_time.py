@@ -15,10 +15,12 @@ Targets: RS, SAM, ASAM <= 2.05x (two gradient evaluations), RS skipping
 gathered (cheap) in models without BatchNorm; with BatchNorm they are masked
 in the whole batch (a batch of one example has constant BatchNorm output),
 which costs two extra batch gradients, so "cnn" (with BatchNorm) and
-"cnn-nobn" show both cases.
+"cnn-nobn" show both cases. "transformer" (an encoder block with
+LayerNorm and Dropout) and "lstm" (an LSTM text model) are token models.
 
 Usage:
-    python -m benchmarks.step_time [--models mlp cnn] [--repeats 7] [--steps 30]
+    python -m benchmarks.step_time [--models mlp cnn cnn-nobn transformer lstm] [--repeats 7]
+        [--steps 30]
 """
 
 import argparse
@@ -76,7 +78,8 @@ def run(kinds, repeats, steps, jit=False):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=["mlp", "cnn", "cnn-nobn"],
+    parser.add_argument("--models", nargs="+",
+                        default=["mlp", "cnn", "cnn-nobn", "transformer", "lstm"],
                         choices=sorted(common.MODELS))
     parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds per variant")
     parser.add_argument("--steps", type=int, default=30, help="steps of batch 128 per timed epoch")

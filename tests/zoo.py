@@ -258,8 +258,17 @@ class ZooModel:
         loss: The compiled loss (a Keras loss identifier, or a dict per output).
         loss_weights: Per-output loss weights, or None.
         layers: The Keras layers (and activations) it exercises.
-        full_hessian: Small enough for a dense finite-difference Hessian.
+        full_hessian: Small enough for a dense finite-difference Hessian;
+            otherwise products are checked along directions (slow suite).
         batchnorm: Normalises with batch statistics in training mode.
+        slow: Its training tests run in the slow suite only.
+        recurrent: Has a recurrent loop, which forward-over-backward
+            differentiation cannot pass.
+        null_directions: `((label, training, {variable path: mask}), ...)`:
+            directions that shift every input of a normalization equally,
+            along which the loss is constant and H·u = 0.
+        callbacks: Where the callbacks are checked on it: None, "default"
+            or "slow".
     """
 
     name: str
@@ -270,6 +279,10 @@ class ZooModel:
     layers: tuple = ()
     full_hessian: bool = True
     batchnorm: bool = False
+    slow: bool = False
+    recurrent: bool = False
+    null_directions: tuple = ()
+    callbacks: object = None
 
     def compile_args(self):
         args = {"loss": _make_loss(self.loss)}
@@ -290,21 +303,30 @@ ZOO = {
         ZooModel("resnet_block", resnet_block, _images((8, 8, 3)),
                  layers=("Conv2D", "BatchNormalization", "ReLU", "Add (skip connection)",
                          "MaxPooling2D", "GlobalAveragePooling2D", "Dropout", "Dense"),
-                 batchnorm=True),
+                 batchnorm=True, null_directions=(
+                     ("BatchNormalization(training=True)", True,
+                      {"conv_a/bias": [1.0, 0.0, 0.0, 0.0]}),)),
         ZooModel("mobilenet_v3_small", mobilenet, _images((32, 32, 3)),
-                 layers=("keras.applications.MobileNetV3Small (Rescaling, Conv2D, "
+                 layers=("keras.applications.MobileNetV3Small at 32x32 (Rescaling, Conv2D, "
                          "DepthwiseConv2D, BatchNormalization, hard-swish, squeeze-and-"
                          "excitation, Dropout)",),
-                 full_hessian=False, batchnorm=True),
+                 full_hessian=False, batchnorm=True, slow=True),
         ZooModel("transformer", transformer, _tokens,
                  layers=("Embedding", "MultiHeadAttention", "LayerNormalization", "GELU",
-                         "Dropout", "GlobalAveragePooling1D")),
-        ZooModel("lstm_text", lstm_text, _tokens, layers=("Embedding", "LSTM", "Dropout")),
-        ZooModel("gru_text", gru_text, _tokens, layers=("Embedding", "GRU", "Dropout")),
+                         "Dropout", "GlobalAveragePooling1D"),
+                 null_directions=(("LayerNormalization", False, {
+                     "attention/attention_output/bias": 1.0, "mlp_out/bias": 1.0}),),
+                 callbacks="slow"),
+        ZooModel("lstm_text", lstm_text, _tokens, layers=("Embedding", "LSTM", "Dropout"),
+                 recurrent=True, callbacks="default"),
+        ZooModel("gru_text", gru_text, _tokens, layers=("Embedding", "GRU", "Dropout"),
+                 recurrent=True),
         ZooModel("groupnorm_cnn", groupnorm_cnn, _images((8, 8, 2)),
                  layers=("Conv2D", "GroupNormalization", "SiLU", "DepthwiseConv2D",
                          "AveragePooling2D", "LayerNormalization(rms_scaling=True)",
-                         "Dropout")),
+                         "Dropout"),
+                 null_directions=(("GroupNormalization", False, {
+                     "groupnorm_cnn/conv/bias": [1.0, 1.0, 0.0, 0.0]}),)),
         ZooModel("two_outputs", two_outputs, _two_output_data,
                  loss={"value": _MSE, "label": _SCCE},
                  loss_weights={"value": 1.0, "label": 0.5},
@@ -315,11 +337,43 @@ ZOO = {
                          "GlobalMaxPooling1D", "SiLU", "Dropout")),
         ZooModel("conv1d_rnn", conv1d_rnn, _sequences,
                  layers=("Conv1D", "SiLU", "MaxPooling1D", "SimpleRNN", "UnitNormalization",
-                         "Dropout")),
+                         "Dropout"),
+                 recurrent=True),
     )
 }
 NAMES = tuple(ZOO)
 SMALL = tuple(name for name, model in ZOO.items() if model.full_hessian)
+NULL_DIRECTIONS = {label: (name, training, paths) for name, model in ZOO.items()
+                   for label, training, paths in model.null_directions}
+
+
+def readme_table():
+    """The README's "tested layers and models" table, generated from the zoo."""
+    algorithms = ", ".join(f"`{a}`" for a in ALGORITHMS)
+    lines = [
+        "| model | layers and features | every algorithm: step = hand-assembled "
+        "reference, fit trains (Dropout on) | second order against finite differences |",
+        "|---|---|---|---|",
+    ]
+    for name, model in ZOO.items():
+        training = f"{algorithms}" + (" (slow suite)" if model.slow else "")
+        if model.full_hessian:
+            checks = ["exact Hessian, both HVP methods, Hutchinson, top eigenvalue"]
+        else:
+            checks = ["both HVP methods, inference and training mode (slow suite)"]
+        if model.recurrent:
+            checks.append("forward-over-backward fails with a clear error and `auto` "
+                          "uses double backward")
+        checks += [f"H·u = 0 along a {label} null direction"
+                   for label, _, _ in model.null_directions]
+        if name == "resnet_block":
+            checks.append("both HVP methods with BatchNorm in training mode")
+        if model.callbacks:
+            checks.append("`HessianTrace` and `TopEigenvalue` callbacks"
+                          + (" (slow suite)" if model.callbacks == "slow" else ""))
+        lines.append(f"| `{name}` | {', '.join(model.layers)} | {training} | "
+                     f"{'; '.join(checks)} |")
+    return "\n".join(lines)
 
 
 @contextlib.contextmanager

@@ -2,15 +2,25 @@
 
 All functions differentiate the training loss (`model.compute_loss`, i.e.
 the compiled loss plus regularization losses, or `loss=` for an uncompiled
-model) with respect to `model.trainable_variables`, averaged over `data`.
-BatchNorm runs in inference mode unless `training=True`, and no variable is
-ever changed.
+model) with respect to `model.trainable_variables` (frozen layers are
+constants), averaged over `data`. BatchNorm runs in inference mode unless
+`training=True`, and no variable is ever changed.
+
+Second derivatives are exact through every Keras layer, including
+BatchNormalization (batch statistics), LayerNormalization and
+GroupNormalization, whose TensorFlow moments stop the gradient through the
+mean inside the variance: harmless for first derivatives (training), wrong
+for second ones. Every measurement traces and runs inside
+`exact_second_derivatives()`, which removes that `stop_gradient` while it is
+active (see `keras_flat.hessian.exact`). A model that TensorFlow cannot
+differentiate twice raises `NotTwiceDifferentiableError` naming the layer.
 
 - `hvp`: Hessian-vector products (forward-over-backward or double backward).
 - `hessian_trace`: Hutchinson or Hutch++ estimate with standard error.
 - `top_eigenvalues`: Lanczos or power iteration, warm-startable.
 - `spectral_density`: stochastic Lanczos quadrature.
 - `exact_hessian`: the dense Hessian of a small model, for checks.
+- `exact_second_derivatives`: the context every measurement runs in.
 
 For repeated measurements on the same model and data, build one
 `HessianOperator` and pass it as `model` (its compiled functions are then
