@@ -57,7 +57,7 @@ def run(kinds, repeats, probes, jit=False):
                 continue
             runners[f"hvp {method.replace('_', '-')}"] = _timed(op.matvec, tangents)
         runners[f"hutchinson, {probes} probes"] = _timed(
-            lambda: hessian.hessian_trace(auto, num_probes=probes).samples)
+            lambda auto=auto: hessian.hessian_trace(auto, num_probes=probes).samples)
         for r in runners.values():  # Trace everything first.
             r()
         medians = common.interleaved_medians(runners, repeats)

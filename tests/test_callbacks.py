@@ -11,10 +11,9 @@ import keras_flat
 from keras_flat import callbacks
 from keras_flat import hessian
 
+import zoo
 from helpers import mlp
 from helpers import regression_data
-
-import zoo
 
 
 def _model(wrapped, jit):

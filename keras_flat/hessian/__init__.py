@@ -31,15 +31,15 @@ import numpy as np
 import tensorflow as tf
 
 from keras_flat import vector
+from keras_flat.hessian import diagnose
 from keras_flat.hessian.density import SpectralDensity
 from keras_flat.hessian.density import smooth
 from keras_flat.hessian.density import stochastic_lanczos_quadrature
+from keras_flat.hessian.diagnose import NotTwiceDifferentiableError
 from keras_flat.hessian.eigen import EIGEN_METHODS
 from keras_flat.hessian.eigen import EigenResult
 from keras_flat.hessian.eigen import lanczos_top
 from keras_flat.hessian.eigen import power_top
-from keras_flat.hessian import diagnose
-from keras_flat.hessian.diagnose import NotTwiceDifferentiableError
 from keras_flat.hessian.exact import exact_second_derivatives
 from keras_flat.hessian.operator import HVP_METHODS
 from keras_flat.hessian.operator import HessianOperator

@@ -205,7 +205,7 @@ class HessianOperator:
         """A callable running `make(method)` compiled, exactly, with method fallback.
 
         `make(method)` returns the Python function to compile for an HVP
-        method (name it `"gradient"` when it needs none). Each call enters
+        method. Each call enters
         `exact_second_derivatives()`, so every trace and retrace happens
         inside it. On the first call of a function, a failure of the HVP
         method sets it aside under `"auto"` (the other one is used) and
@@ -225,18 +225,18 @@ class HessianOperator:
                 raise
             self._compiled.pop((name, method), None)
             if self.requested_method != "auto":
-                raise _method_error(self.model, method, error) from error
+                _reraise(_method_error(self.model, method, error), error)
             self.failures[method] = error
             other = _other(method)
             if other in self.failures:
-                raise _all_failed(self.model, self.failures) from error
+                _reraise(_all_failed(self.model, self.failures), error)
             self.method = other
             try:
                 return self._run(name, make, other, args)
             except Exception as second:  # noqa: BLE001
                 self._compiled.pop((name, other), None)
                 self.failures[other] = second
-                raise _all_failed(self.model, self.failures) from second
+                _reraise(_all_failed(self.model, self.failures), second)
 
     def _run(self, name, make, method, args):
         key = (name, method)
@@ -282,8 +282,8 @@ class HessianOperator:
                     self._compiled.pop(("matvec", name), None)
                     self.failures[name] = error
             if not timings:
-                raise _all_failed(self.model, self.failures) from self.failures[
-                    HVP_METHODS[-1]]
+                _reraise(_all_failed(self.model, self.failures),
+                         self.failures[HVP_METHODS[-1]])
         self.method = min(timings, key=timings.get)
         self.timings = timings
         return self.method
@@ -405,6 +405,13 @@ def _summary(error, limit=600):
     if not _ERROR_LINE.match(text):
         text = f"{type(error).__name__}: {text}"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _reraise(replacement, error):
+    """Raises `replacement`, chained to `error` unless it is `error` itself."""
+    if replacement is error:
+        raise error
+    raise replacement from error
 
 
 def _method_error(model, method, error):
