@@ -18,10 +18,6 @@ import zoo
 LR = 0.1
 # MobileNetV3Small takes minutes per algorithm on two cores: slow suite only.
 NAMES = [pytest.param(n, marks=pytest.mark.slow) if zoo.ZOO[n].slow else n for n in zoo.NAMES]
-# The default suite checks the step run eagerly (a compiled step costs a
-# trace per model and algorithm; the training test below compiles one); the
-# slow suite checks the compiled step too.
-MODES = ["eager", pytest.param("compiled", marks=pytest.mark.slow)]
 
 
 def _norm(parts):
@@ -114,10 +110,25 @@ def reference_update(name, args, variables, w, grad, sub_grad, calls):
     raise AssertionError(f"No reference step for algorithm {name!r}: add one here.")
 
 
-@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("algorithm", zoo.ALGORITHMS)
 @pytest.mark.parametrize("name", NAMES)
-def test_one_step_equals_the_hand_assembled_step(name, algorithm, mode, monkeypatch):
+def test_each_algorithm_steps_as_assembled_by_hand_and_trains(name, algorithm, monkeypatch):
+    # The step run eagerly here: a compiled step costs a trace per model and
+    # algorithm, and the training below compiles one. The slow suite checks
+    # the compiled step against the same reference.
+    check_one_step(name, algorithm, "eager", monkeypatch)
+    check_training(name, algorithm)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", zoo.ALGORITHMS)
+@pytest.mark.parametrize("name", zoo.NAMES)
+def test_the_compiled_step_equals_the_hand_assembled_step(name, algorithm, monkeypatch):
+    check_one_step(name, algorithm, "compiled", monkeypatch)
+
+
+def check_one_step(name, algorithm, mode, monkeypatch):
+    """One `fit` step (Dropout off) equals the step assembled by hand."""
     zoo_model = zoo.ZOO[name]
     inner = zoo.build(name, dropout=0.0)
     x, y = zoo_model.data(12, seed=1)
@@ -126,14 +137,15 @@ def test_one_step_equals_the_hand_assembled_step(name, algorithm, mode, monkeypa
                   **zoo_model.compile_args())
     variables = list(inner.trainable_variables)
     recorder = zoo.DrawRecorder(variables)
-    recorder.install(monkeypatch)
     w = zoo.weights_of(inner)
     frozen = _frozen_weights(inner)
     frozen_before = [np.array(v) for v in frozen]
     grad = zoo.gradient_function(zoo_model.losses(), inner, x, y, compiled=False)
     sub_grad = _examples_gradient(zoo_model, inner, x, y)
 
-    model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+    with monkeypatch.context() as patch:
+        recorder.install(patch)
+        model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
 
     update = reference_update(algorithm, zoo.ALGORITHM_ARGS.get(algorithm, {}), variables, w,
                               grad, sub_grad, recorder.calls())
@@ -170,9 +182,8 @@ def _dropout_states(model):
     return [np.array(layer.seed_generator.state) for layer in layers]
 
 
-@pytest.mark.parametrize("algorithm", zoo.ALGORITHMS)
-@pytest.mark.parametrize("name", NAMES)
-def test_fit_with_dropout_trains_to_a_lower_finite_loss(name, algorithm):
+def check_training(name, algorithm):
+    """`fit` with Dropout on reaches a lower, finite loss; frozen weights stay."""
     zoo_model = zoo.ZOO[name]
     inner = zoo.build(name, dropout=0.2)
     x, y = zoo_model.data(96, seed=2)
