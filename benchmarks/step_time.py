@@ -56,9 +56,15 @@ def run(kinds, repeats, steps, jit=False):
     rows = []
     for kind in kinds:
         x, y = common.data(kind, steps)
-        models = {v: build(kind, v, jit) for v in VARIANTS}
-        for model in models.values():  # Trace and warm up.
-            common.time_fit(model, x[:256], y[:256])
+        models, failed = {}, {}
+        for v in VARIANTS:  # Trace and warm up; a variant that fails is reported.
+            model = build(kind, v, jit)
+            try:
+                common.time_fit(model, x[:256], y[:256])
+            except Exception as error:  # noqa: BLE001 - reported in the table
+                failed[v] = f"{type(error).__name__}: {str(error).splitlines()[0][:80]}"
+                continue
+            models[v] = model
         runners = {}
         for v, m in models.items():
             runners[("fit", v)] = lambda m=m, x=x, y=y: common.time_fit(m, x, y)
@@ -73,6 +79,8 @@ def run(kinds, repeats, steps, jit=False):
                 "fit ms/step": 1000 * fit,
                 "fit ratio": fit / medians[("fit", "plain keras")],
             })
+        for v, reason in failed.items():
+            rows.append({"model": kind, "variant": f"{v}: fails ({reason})"})
     return rows
 
 

@@ -108,12 +108,13 @@ def culprits(ops):
     return found
 
 
-def layer_of(model, op_name, variable_layers=()):
+def layer_of(model, op_name):
     """Best guess of the layer that created the operation named `op_name`.
 
     TensorFlow makes name scopes unique inside a graph (a layer `dense` may
     run in scope `dense_1`), so a scope component matches a layer name
-    exactly or after removing `_N` suffixes.
+    exactly or after removing `_N` suffixes; the error messages also give the
+    operation's full name.
     """
     names = {layer.name for layer in _layers(model)}
     parts = op_name.split("/")[:-1]
@@ -135,7 +136,7 @@ def _layers(model):
     return []
 
 
-def _variable_owner(model, variable):
+def _variable_owner(variable):
     path = getattr(variable, "path", None) or getattr(variable, "name", "")
     parts = path.split("/")
     return parts[-2] if len(parts) > 1 else path
@@ -265,7 +266,7 @@ def _between(ops, sources):
 
 
 def _error(model, blocked, found, what, order):
-    owners = sorted({_variable_owner(model, v) for v in blocked})
+    owners = sorted({_variable_owner(v) for v in blocked})
     names = [getattr(v, "path", None) or v.name for v in blocked]
     cause = _describe(model, found) if found else (
         "the responsible operation could not be located")

@@ -87,8 +87,8 @@ def _missing_hook_message():
         f"measures, and Keras {keras.__version__} has no such hook (Keras "
         "3.15 has it). Without it the Hessian of any model "
         "with BatchNormalization, LayerNormalization or GroupNormalization "
-        "would be wrong, so the measurement stops here. Install a Keras "
-        "version with that hook, or report the Keras version."
+        "would be wrong, so the measurement stops here. Use a Keras version "
+        "whose TensorFlow backend has this hook."
     )
 
 
