@@ -45,6 +45,17 @@ class FlatMinimaModel(keras.Model):
        gradient the algorithm returns. Clipping, weight decay, EMA, gradient
        accumulation and loss scaling of the optimizer act on that gradient.
 
+    Only trainable variables take part: a frozen layer (`trainable=False`,
+    e.g. a pretrained backbone under a new head) is never perturbed or
+    written, and every norm, inner product, projection and random sample of
+    the algorithms is taken over the trainable variables alone. A frozen
+    BatchNormalization runs in inference mode, as in Keras.
+
+    The step needs first derivatives only, and those are exact through every
+    Keras layer (the `stop_gradient` inside TensorFlow's moments, which
+    spoils second derivatives through normalization layers, leaves first
+    derivatives unchanged; `keras_flat.hessian` handles the second ones).
+
     Randomness comes from a `keras.random.SeedGenerator` owned by the model:
     the same `seed` gives the same run, and the generator state is saved
     with the model.
