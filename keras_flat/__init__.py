@@ -4,7 +4,8 @@ Implements Algorithms 1 (randomly smoothed perturbation) and 2
 (sharpness-aware perturbation) of Ahn, Jadbabaie & Sra, "How to escape
 sharp minima with random perturbations" (ICML 2024, arXiv 2305.15659), with
 SAM and ASAM as baselines, as a `keras.Model` wrapper whose `fit()` does the
-work.
+work. docs/algorithms.md states each rule as implemented, with its arguments
+and the validation problems the tests check.
 """
 
 from keras_flat import compatibility

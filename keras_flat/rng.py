@@ -17,9 +17,9 @@ What is identical, and what is not (tested in tests/test_rng.py on CPU;
   device, but only CPUs have been tested.
 - `normal` (Box-Muller from those uniforms) uses float32 `log`, `sqrt`,
   `cos` and `sin`, which XLA implements differently: with and without XLA
-  the normals differ by a few float32 ulp (at most 5 ulp, 7.2e-7, over 5
-  million values), and both stay within 2e-6 of the float64 Box-Muller
-  transform of the same uniforms.
+  23% of the normals differ, by at most 4 float32 ulp (7.2e-7) over 5 million
+  values, and both stay within 1.8e-6 of the float64 Box-Muller transform of
+  the same uniforms. The tests allow 1e-6 and 4e-6.
 
 A seed is any integer tensor of shape `(2,)`, e.g. the output of
 `keras.random.SeedGenerator.next()`. No function keeps state.
