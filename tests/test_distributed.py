@@ -57,7 +57,8 @@ def _train(name, sync, strategy=None, epochs=3, tolerance=None, x=None, y=None):
     return [np.array(v) for v in model.trainable_variables], history.history
 
 
-@pytest.mark.parametrize("name", ["none", "rs", "sa", "sa_paper", "sam", "asam", "sam_every2"])
+@pytest.mark.parametrize("name", ["none", "rs", pytest.param("sa", marks=pytest.mark.compat),
+                                  "sa_paper", "sam", "asam", "sam_every2"])
 def test_global_sync_equals_single_device_training_on_the_global_batch(name):
     single, single_logs = _train(name, "global")
     mirrored, mirrored_logs = _train(name, "global", _strategy())

@@ -244,6 +244,7 @@ def test_spectral_density_integrates_to_one_where_the_eigenvalues_are():
     assert integrate(np.abs(cdf_slq - cdf_exact), result.grid) < 0.03 * width
 
 
+@pytest.mark.compat
 @pytest.mark.parametrize("a, b", [(2.0, 0.5), (1.0, 1.0), (0.3, 2.5), (1.5, -0.2)])
 def test_v1_trace_equals_the_closed_form(a, b):
     # f(a, b) = (ab - 1)^2: tr ∇²f = 2(a² + b²) at every point.
