@@ -22,21 +22,7 @@ False.
 import keras
 import tensorflow as tf
 
-
-def layers_of(model):
-    """Every layer inside `model`, nested ones included (depth first).
-
-    Keras 3 has no public API that walks nested layers; `Layer._flatten_layers`
-    is the one Keras itself uses. Its absence fails loudly.
-    """
-    flatten = getattr(model, "_flatten_layers", None)
-    if flatten is None:
-        raise RuntimeError(
-            "keras_flat finds BatchNormalization layers with keras.Layer._flatten_layers, "
-            f"which Keras {keras.__version__} does not have. Please report this with "
-            "your Keras version."
-        )
-    return list(flatten(include_self=True, recursive=True))
+from keras_flat.nested_layers import layers_of
 
 
 def batch_normalization_layers(model):

@@ -21,6 +21,7 @@ checks replica 0's gradients alone).
 import tensorflow as tf
 
 from keras_flat import vector
+from keras_flat.nested_layers import layers_of
 
 ON_NONFINITE = ("skip", "raise", "ignore")
 
@@ -41,13 +42,14 @@ def _unique(variables):
 
 
 def forward_state(model):
-    """The variables a forward pass of `model` may write.
+    """The variables a training-mode forward pass of `model` may write.
 
-    Non-trainable variables created with `trainable=False` (BatchNorm moving
-    statistics, `SeedGenerator` states, counters of custom layers). The
-    weights of a frozen (`trainable=False`) layer are not included: they are
-    created trainable, no forward pass writes them, and copying them would
-    cost memory the size of the frozen part of the model.
+    Its non-trainable variables (BatchNorm moving statistics, `SeedGenerator`
+    states, counters of custom layers) except the weights of frozen
+    (`trainable=False`) layers: no forward pass writes those (a frozen
+    BatchNorm layer normalises by its moving statistics without updating
+    them), and copying them would cost memory the size of the frozen part of
+    the model.
 
     Args:
         model: A `keras.Model` (or layer).
@@ -55,7 +57,8 @@ def forward_state(model):
     Returns:
         A list of variables, without duplicates.
     """
-    return _unique(v for v in model.non_trainable_variables if not v.trainable)
+    frozen = {id(w) for layer in layers_of(model) if not layer.trainable for w in layer.weights}
+    return _unique(v for v in model.non_trainable_variables if id(v) not in frozen)
 
 
 class StepGuard:

@@ -128,14 +128,7 @@ def uniform(shape, seed, dtype=tf.float32):
 
 
 def normal(shape, seed, dtype=tf.float32):
-    """Standard normal samples by the Box-Muller transform.
-
-    Entry `j` of the flattened result comes from the uniforms at counters
-    `k` and `k + pairs`, where `pairs = ceil(size / 2)` and `k = j` for the
-    first `pairs` entries (the cosine half), `k = j - pairs` for the others
-    (the sine half); `normal_pieces` computes any consecutive pieces of it
-    directly from those counters.
-    """
+    """Standard normal samples by the Box-Muller transform."""
     shape = tf.cast(shape, tf.int32)
     size = tf.reduce_prod(shape)
     pairs = (size + 1) // 2
@@ -162,7 +155,10 @@ def normal_pieces(sizes, seed, dtype=tf.float32):
     """Consecutive pieces of one standard normal draw, without the whole draw.
 
     Piece `i` equals entries `[sum(sizes[:i]), sum(sizes[:i+1]))` of
-    `normal([sum(sizes)], seed)` bit for bit, but it is computed from its
+    `normal([sum(sizes)], seed)` bit for bit. Entry `j` of that draw comes
+    from the uniforms at counters `k` and `k + pairs`, `pairs = ceil(d / 2)`,
+    with `k = j` in the first half (its cosine) and `k = j - pairs` in the
+    second (its sine); so each piece is computed from its
     own counters, chunk after chunk (each chunk starts when the previous one
     is done), so the memory beyond the pieces themselves is one chunk's
     temporaries and the chunks of the piece being assembled.
