@@ -13,6 +13,7 @@ from keras_flat.oracle import GradientOracle
 from keras_flat.oracle import loss_scale
 from keras_flat.oracle import rescale_gradients
 from keras_flat.oracle import unscale_gradients
+from keras_flat.step_statistics import StepStatistics
 from keras_flat.validation import check_choice
 from keras_flat.validation import check_number
 
@@ -113,10 +114,7 @@ class FlatMinimaModel(keras.Model):
             seed, name="perturbation_seed"
         )
         self.on_nonfinite = on_nonfinite
-        self.grad_norm_tracker = keras.metrics.Mean(name="grad_norm")
-        self.perturbed_tracker = keras.metrics.Mean(name="perturbed")
-        if on_nonfinite != "ignore":
-            self.skipped_tracker = keras.metrics.Sum(name="skipped_steps")
+        self.step_statistics = StepStatistics(skipped=on_nonfinite != "ignore")
         if model.built:
             self.built = True
 
@@ -173,11 +171,11 @@ class FlatMinimaModel(keras.Model):
                     guard.apply_unless(bad, self.optimizer, update, variables)
                 layer_guard.restore_if(bad, layer_state)
                 replicas = tf.distribute.get_strategy().num_replicas_in_sync
-                self.skipped_tracker.update_state(tf.cast(bad, tf.float32) / replicas)
+                skipped = tf.cast(bad, tf.float32) / replicas
             else:
                 self.optimizer.apply(rescale_gradients(update, scale), variables)
-            self.grad_norm_tracker.update_state(grad_norm)
-            self.perturbed_tracker.update_state(perturbed)
+                skipped = None
+            self.step_statistics.update_state(grad_norm, perturbed, skipped)
         logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
         return _reducible_across_workers(logs)
 

@@ -59,7 +59,7 @@ class GradientOracle:
         step=None, statistics=None,
     ):
         self._scale = scale
-        self.step = tf.constant(0, "int64") if step is None else tf.cast(step, "int64")
+        self._step = step
         self._model = model
         self._x = x
         self._y = y
@@ -74,6 +74,13 @@ class GradientOracle:
         # statistics fixed, or else mask instead of gather.
         self._statistics = statistics if statistics and statistics.recoverable else None
         self.masked_subsets = self._statistics is None and has_batch_statistics(model)
+
+    @property
+    def step(self):
+        """The training step's index, a scalar int64 tensor (read when first used)."""
+        if self._step is None:
+            return tf.constant(0, "int64")
+        return tf.cast(self._step, "int64")
 
     @property
     def variables(self):

@@ -376,12 +376,15 @@ def all_finite(tensors):
     """A scalar boolean: True when every entry of every tensor is finite.
 
     One fused pass per tensor: a NaN or infinite entry makes its tensor's
-    sum non-finite. Only when a sum is not finite (which finite entries whose
-    sum overflows also cause) are the entries checked one by one.
+    sum of squares non-finite (the same reduction `norm` uses, so a graph
+    computing both computes it once). Only when a sum is not finite (which
+    finite entries whose squares overflow also cause) are the entries
+    checked one by one.
     """
     if not tensors:
         return tf.constant(True)
-    sums = tf.stack([tf.cast(tf.reduce_sum(t), tf.float32) for t in tensors])
+    dtype = _reduction_dtype(tensors)
+    sums = tf.stack([tf.nn.l2_loss(_as(t, dtype)) for t in tensors])
 
     def entries():
         return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(t)) for t in tensors]))
