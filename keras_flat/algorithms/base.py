@@ -1,5 +1,7 @@
 """The contract every update rule follows, and argument validation."""
 
+import collections.abc
+
 import keras
 import tensorflow as tf
 
@@ -151,7 +153,8 @@ class PerturbationAlgorithm(Algorithm):
             oracle: The `GradientOracle` of the batch.
             grads: The clean gradient (this replica's contribution).
             direction: The unit vector of the clean gradient as the
-                perturbation scope sees it (zero for a zero gradient).
+                perturbation scope sees it (zero for a zero gradient), a
+                sequence of tensors computed when first read.
             state: What `prepare` returned.
 
         Returns:
@@ -165,13 +168,17 @@ class PerturbationAlgorithm(Algorithm):
         grads = list(grads)
         state = self.prepare(oracle, grads)
         view = oracle.global_view(grads, self.perturbation_sync)
-        direction, grad_norm = vector.unit(view)
+        grad_norm = vector.norm(view)
 
         def perturbed_step():
+            # The unit vector is formed only if `perturbation` reads it: the
+            # projection below needs no gradient-sized copy of it.
+            direction = _LazyUnit(view)
             v = self.perturbation(oracle, grads, direction, state)
             if self.project:
-                v = vector.project_out_unit(v, direction)
-            step = vector.add(grads, v)
+                step = vector.add_projected(grads, v, view)
+            else:
+                step = vector.add(grads, v)
             if self.perturbed_lr_scale != 1.0:
                 step = vector.scale(step, self.perturbed_lr_scale)
             return step
@@ -195,6 +202,25 @@ class PerturbationAlgorithm(Algorithm):
             interval=self.interval,
         )
         return config
+
+
+class _LazyUnit(collections.abc.Sequence):
+    """The list `vector.unit(tensors)[0]`, computed on first access."""
+
+    def __init__(self, tensors):
+        self._tensors = tensors
+        self._value = None
+
+    def _get(self):
+        if self._value is None:
+            self._value = vector.unit(self._tensors)[0]
+        return self._value
+
+    def __getitem__(self, index):
+        return self._get()[index]
+
+    def __len__(self):
+        return len(self._tensors)
 
 
 def check_interval(interval):

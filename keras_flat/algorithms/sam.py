@@ -47,8 +47,7 @@ class SAM(Algorithm):
 
     def ascent(self, oracle, view):
         """`(ε, ‖view‖)`: the perturbation for the gradient `view`, and its norm."""
-        direction, norm = vector.unit(view)
-        return vector.scale(direction, self.rho), norm
+        return vector.unit(view, self.rho)
 
     def compute_update(self, oracle, grads):
         view = oracle.global_view(list(grads), self.perturbation_sync)
@@ -96,22 +95,26 @@ class ASAM(SAM):
         self.eta = check_number("eta", eta, minimum=0.0)
 
     def ascent(self, oracle, view):
-        scales = []
-        for variable, value in zip(oracle.trainable_variables, oracle.variables):
-            if is_adaptive(variable):
-                dtype = vector.compute_dtype(value.dtype)
-                scales.append(tf.abs(tf.cast(value, dtype)) + self.eta)
-            else:
-                scales.append(None)
+        grad_norm = vector.norm(view)
+        # The norm first, so `view` may be overwritten by the scaled gradient
+        # instead of staying alive beside it.
+        with tf.control_dependencies([grad_norm]):
+            scales = []
+            for variable, value in zip(oracle.trainable_variables, oracle.variables):
+                if is_adaptive(variable):
+                    dtype = vector.compute_dtype(value.dtype)
+                    scales.append(tf.abs(tf.cast(value, dtype)) + self.eta)
+                else:
+                    scales.append(None)
         scaled = [g if t is None else tf.cast(t, g.dtype) * g
                   for g, t in zip(view, scales)]
-        direction, _ = vector.unit(scaled)
+        direction, _ = vector.unit(scaled, self.rho)
         out = []
         for d, t in zip(direction, scales):
             if t is not None:
                 d = tf.cast(tf.cast(d, t.dtype) * t, d.dtype)
             out.append(d)
-        return vector.scale(out, self.rho), vector.norm(view)
+        return out, grad_norm
 
     def get_config(self):
         config = super().get_config()
