@@ -37,13 +37,50 @@ def cnn(size=32, channels=3, classes=10, width=32, batchnorm=True):
     return keras.Sequential(layers)
 
 
-MODELS = {"mlp": mlp, "cnn": cnn, "cnn-nobn": lambda: cnn(batchnorm=False)}
+VOCAB, SEQUENCE = 1000, 32
+
+
+def transformer(dim=64, heads=4, hidden=128, classes=10):
+    """A transformer encoder block on 32 tokens: ~100k parameters.
+
+    Token and position embeddings, 4-head self-attention and a GELU MLP,
+    each with a residual connection, Dropout and LayerNorm, then average
+    pooling and a classifier.
+    """
+    tokens = keras.Input((SEQUENCE,), dtype="int32")
+    positions = tokens * 0 + keras.ops.arange(SEQUENCE, dtype="int32")
+    h = keras.layers.Embedding(VOCAB, dim)(tokens) + keras.layers.Embedding(SEQUENCE, dim)(
+        positions)
+    attention = keras.layers.MultiHeadAttention(heads, dim // heads)(h, h)
+    h = keras.layers.LayerNormalization()(h + keras.layers.Dropout(0.1)(attention))
+    mlp_out = keras.layers.Dense(hidden, activation="gelu")(h)
+    mlp_out = keras.layers.Dense(dim)(mlp_out)
+    h = keras.layers.LayerNormalization()(h + keras.layers.Dropout(0.1)(mlp_out))
+    h = keras.layers.GlobalAveragePooling1D()(h)
+    return keras.Model(tokens, keras.layers.Dense(classes)(h))
+
+
+def lstm(dim=32, units=64, classes=10):
+    """A text classifier: embedding, one LSTM over 32 tokens, Dense: ~57k parameters."""
+    return keras.Sequential([
+        keras.Input((SEQUENCE,), dtype="int32"),
+        keras.layers.Embedding(VOCAB, dim),
+        keras.layers.LSTM(units),
+        keras.layers.Dense(classes),
+    ])
+
+
+MODELS = {"mlp": mlp, "cnn": cnn, "cnn-nobn": lambda: cnn(batchnorm=False),
+          "transformer": transformer, "lstm": lstm}
+TOKEN_MODELS = ("transformer", "lstm")
 
 
 def data(kind, batches, batch_size=128, seed=0):
     """Random inputs and integer labels for `batches` batches."""
     rng = np.random.default_rng(seed)
     n = batches * batch_size
+    if kind in TOKEN_MODELS:
+        return rng.integers(0, VOCAB, (n, SEQUENCE)).astype("int32"), rng.integers(0, 10, n)
     shape = (n, 20) if kind == "mlp" else (n, 32, 32, 3)  # Both CNNs take images.
     return rng.normal(size=shape).astype("float32"), rng.integers(0, 10, n)
 

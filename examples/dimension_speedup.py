@@ -81,7 +81,7 @@ class DiagonalLinear(keras.layers.Layer):
 
 
 def v3_problem():
-    """The checked instance of ALGORITHMS.md: N = 6, D = 16, β* on indices 1 and 5."""
+    """The instance of docs/algorithms.md (V3): N = 6, D = 16, β* on indices 1 and 5."""
     rng = np.random.default_rng(1)
     n, d = 6, 16
     a = rng.normal(size=(n, d))

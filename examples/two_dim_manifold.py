@@ -11,8 +11,8 @@ step, then:
 - plots the trajectories on the contour plot of the loss with the minima curve;
 - plots the trace against the step, with the predicted exponential decay of
   the imbalance drawn over the measured one: for this loss and learning rate η,
-  RS gives E[B_t] = (1 - 2ηρ²)^t B_0 and SA gives (1 - 4ηρ²)^t B_0 (twice the
-  rates of ALGORITHMS.md, whose loss has a factor ½);
+  RS gives E[B_t] = (1 - 2ηρ²)^t B_0 and SA gives (1 - 4ηρ²)^t B_0 (derived in
+  docs/algorithms.md, V1);
 - prints a table of measured and predicted decay rates and final traces.
 
 SAM does not move either: at an exact minimum its ascent direction g/‖g‖ is

@@ -4,17 +4,24 @@ Implements Algorithms 1 (randomly smoothed perturbation) and 2
 (sharpness-aware perturbation) of Ahn, Jadbabaie & Sra, "How to escape
 sharp minima with random perturbations" (ICML 2024, arXiv 2305.15659), with
 SAM and ASAM as baselines, as a `keras.Model` wrapper whose `fit()` does the
-work.
+work. docs/algorithms.md states each rule as implemented, with its arguments
+and the validation problems the tests check.
 """
 
-from keras_flat import algorithms
-from keras_flat import callbacks
-from keras_flat import datasets
-from keras_flat import hessian
-from keras_flat import landscape
-from keras_flat import rng
-from keras_flat import vector
-from keras_flat.model import FlatMinimaModel
+from keras_flat import compatibility
+
+# Before anything else, so an old TensorFlow or Keras gets a clear error rather
+# than a failure deep inside the first module that uses a newer API.
+compatibility.check_installed()
+
+from keras_flat import algorithms  # noqa: E402
+from keras_flat import callbacks  # noqa: E402
+from keras_flat import datasets  # noqa: E402
+from keras_flat import hessian  # noqa: E402
+from keras_flat import landscape  # noqa: E402
+from keras_flat import rng  # noqa: E402
+from keras_flat import vector  # noqa: E402
+from keras_flat.model import FlatMinimaModel  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -1,26 +1,27 @@
-"""Skipping training steps whose update is not finite, without a conditional apply.
+"""Skipping training steps whose loss or update is not finite, without copies.
 
-`optimizer.apply` must run exactly once per step and never inside a
-conditional (under `tf.distribute` it synchronises replicas). To skip a step
-anyway, `StepGuard` reads the state the step may change before it changes,
-lets the step run, and puts the old values back when the step's update was
-not finite on any replica:
+A step is skipped when its loss or update is NaN or Inf on any replica. The
+decision is reduced across replicas first (`nonfinite_anywhere`, one scalar
+all-reduce), so every replica takes the same one. Then:
 
-- variables with `aggregation="none"` (weights, optimizer slots, BatchNorm
-  statistics) are restored inside a replica-local `tf.cond` that holds no
-  collective;
-- variables with another aggregation (e.g. the optimizer's `iterations`,
-  `only_first_replica`) are restored by an unconditional assignment.
+- `apply_unless` runs `optimizer.apply` inside a conditional, the way Keras's
+  `LossScaleOptimizer` skips a step (`_tf_apply`): a skipped step never
+  reaches the optimizer, so weights, optimizer slots, the iteration counter,
+  gradient accumulators and EMA averages stay exactly as they were, with no
+  copy of any of them;
+- the state the clean forward pass itself writes (BatchNorm statistics,
+  seed-generator states: `forward_state`) is small, and `StepGuard` restores
+  it from a snapshot taken before the forward pass.
 
-With a `LossScaleOptimizer` the optimizer skips non-finite steps itself; the
-guard then only makes the decision global (Keras 3 checks replica 0's
-gradients alone) by turning every replica's update non-finite, and restores
-the non-trainable state the clean forward pass changed.
+With a `LossScaleOptimizer` the optimizer skips non-finite steps itself (and
+lowers its loss scale); `poison` only makes that decision global (Keras 3
+checks replica 0's gradients alone).
 """
 
 import tensorflow as tf
 
 from keras_flat import vector
+from keras_flat.nested_layers import layers_of
 
 ON_NONFINITE = ("skip", "raise", "ignore")
 
@@ -40,12 +41,31 @@ def _unique(variables):
     return out
 
 
-class StepGuard:
-    """Protects one training step's variables from a non-finite update.
+def forward_state(model):
+    """The variables a training-mode forward pass of `model` may write.
+
+    Its non-trainable variables (BatchNorm moving statistics, `SeedGenerator`
+    states, counters of custom layers) except the weights of frozen
+    (`trainable=False`) layers: no forward pass writes those (a frozen
+    BatchNorm layer normalises by its moving statistics without updating
+    them), and copying them would cost memory the size of the frozen part of
+    the model.
 
     Args:
-        variables: Every variable the step may change (weights, optimizer
-            variables, non-trainable layer state).
+        model: A `keras.Model` (or layer).
+
+    Returns:
+        A list of variables, without duplicates.
+    """
+    frozen = {id(w) for layer in layers_of(model) if not layer.trainable for w in layer.weights}
+    return _unique(v for v in model.non_trainable_variables if id(v) not in frozen)
+
+
+class StepGuard:
+    """Restores a few variables when a training step is skipped.
+
+    Args:
+        variables: The variables to protect, e.g. `forward_state(model)`.
     """
 
     def __init__(self, variables):
@@ -56,7 +76,13 @@ class StepGuard:
         return [tf.identity(tf.convert_to_tensor(v)) for v in self.variables]
 
     def restore_if(self, skip, saved):
-        """Puts `saved` back into the variables when `skip` is True."""
+        """Puts `saved` back into the variables when `skip` is True.
+
+        Variables with `aggregation="none"` are restored inside a
+        replica-local `tf.cond` that holds no collective; variables with
+        another aggregation (which a conditional may not write under a
+        strategy) by an unconditional assignment.
+        """
         local = [(v, s) for v, s in zip(self.variables, saved) if _aggregation(v) == "none"]
         shared = [(v, s) for v, s in zip(self.variables, saved) if _aggregation(v) != "none"]
 
@@ -88,11 +114,97 @@ def nonfinite_anywhere(update, loss):
     return bad
 
 
+def _supports_no_merge_call():
+    """Whether the current strategy runs `optimizer.apply` without `merge_call`.
+
+    Keras's own TensorFlow optimizer and `LossScaleOptimizer` decide with this
+    TensorFlow function; it is not part of the public API, so check it.
+    """
+    distribute = getattr(getattr(tf, "__internal__", None), "distribute", None)
+    check = getattr(distribute, "strategy_supports_no_merge_call", None)
+    if check is None:
+        raise RuntimeError(
+            "keras_flat skips non-finite steps the way Keras's LossScaleOptimizer "
+            "does, with tf.__internal__.distribute.strategy_supports_no_merge_call, "
+            f"which TensorFlow {tf.__version__} does not have. Use "
+            "FlatMinimaModel(..., on_nonfinite='ignore') or a TensorFlow version "
+            "Keras supports."
+        )
+    return check()
+
+
+def apply_unless(skip, optimizer, grads, variables):
+    """`optimizer.apply(grads, variables)` unless `skip`, with no copy of any state.
+
+    `skip` must be the same on every replica (e.g. from `nonfinite_anywhere`):
+    the optimizer's apply all-reduces the gradients under a strategy, and a
+    collective inside a conditional is only safe when every replica takes the
+    same branch. As in Keras's `LossScaleOptimizer._tf_apply`: where the
+    strategy needs no `merge_call`, a `tf.cond` around `optimizer.apply` in
+    replica context; otherwise a `merge_call` into cross-replica context and
+    a `tf.cond` around `call_for_each_replica(optimizer.apply)` (a replica
+    context `tf.cond` may not contain the optimizer's own `merge_call`).
+
+    The optimizer must be built: slot variables cannot be created inside a
+    conditional.
+
+    Args:
+        skip: A scalar boolean tensor, identical on every replica.
+        optimizer: A built `keras.optimizers.Optimizer` (not a
+            `LossScaleOptimizer`, which skips steps itself).
+        grads: The gradients to apply.
+        variables: The variables they belong to.
+    """
+    if not optimizer.built:
+        raise ValueError(
+            "The optimizer must be built before a conditional apply (its "
+            "variables cannot be created inside a conditional)."
+        )
+    grads, variables = list(grads), list(variables)
+    if _supports_no_merge_call():
+        tf.cond(skip, _nothing, lambda: _apply(optimizer, grads, variables))
+        return
+
+    def cross_replica(distribution, skip, grads, variables):
+        # Every replica computed the same `skip` (it was all-reduced), so the
+        # first replica's value is everyone's, and every replica runs the
+        # apply's collectives or none of them.
+        skip = distribution.experimental_local_results(skip)[0]
+
+        def apply():
+            distribution.extended.call_for_each_replica(
+                lambda g, v: _apply(optimizer, g, v), args=(grads, variables)
+            )
+            return tf.constant(True)
+
+        tf.cond(skip, _nothing, apply)
+
+    tf.distribute.get_replica_context().merge_call(
+        cross_replica, args=(skip, grads, variables)
+    )
+
+
+def _apply(optimizer, grads, variables):
+    optimizer.apply(grads, variables)
+    return tf.constant(True)
+
+
+def _nothing():
+    return tf.constant(False)
+
+
 def poison(update, bad):
-    """Makes every entry of `update` NaN when `bad`, so a LossScaleOptimizer skips."""
-    return [tf.where(bad, tf.cast(float("nan"), u.dtype), u) for u in update]
+    """Makes `update` non-finite when `bad`, so a `LossScaleOptimizer` skips it.
 
-
-def zero_if(update, bad):
-    """Replaces `update` by zeros when `bad` (no NaN reaches the optimizer's arithmetic)."""
-    return [tf.where(bad, tf.zeros_like(u), u) for u in update]
+    Only the smallest tensor is written (one NaN entry is enough for the
+    optimizer's finiteness check), so no update-sized copy is made.
+    """
+    update = list(update)
+    if not update:
+        return update
+    sizes = [u.shape.num_elements() for u in update]
+    known = [(s, i) for i, s in enumerate(sizes) if s is not None]
+    i = min(known)[1] if known else 0
+    u = update[i]
+    update[i] = tf.where(bad, tf.fill(tf.shape(u), tf.cast(float("nan"), u.dtype)), u)
+    return update

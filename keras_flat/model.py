@@ -13,10 +13,12 @@ from keras_flat import structure
 from keras_flat.algorithm_state import AlgorithmState
 from keras_flat.algorithms.base import as_step
 from keras_flat.algorithms.piece import BuildContext
+from keras_flat.batch_statistics import BatchStatistics
 from keras_flat.oracle import GradientOracle
 from keras_flat.oracle import loss_scale
 from keras_flat.oracle import rescale_gradients
 from keras_flat.oracle import unscale_gradients
+from keras_flat.step_statistics import StepStatistics
 from keras_flat.validation import check_choice
 from keras_flat.validation import check_number
 
@@ -45,9 +47,22 @@ class FlatMinimaModel(keras.Model):
        gradients of the same batch at perturbed weights through a
        side-effect-free oracle (no variable is written; the perturbed pass's
        BatchNorm updates are discarded);
-    3. calls `optimizer.apply` exactly once, unconditionally, with the
-       gradient the algorithm returns. Clipping, weight decay, EMA, gradient
-       accumulation and loss scaling of the optimizer act on that gradient.
+    3. calls `optimizer.apply` once with the gradient the algorithm
+       returns, unless the step's loss or update is not finite (see
+       `on_nonfinite`; the decision is the same on every replica). Clipping,
+       weight decay, EMA, gradient accumulation and loss scaling of the
+       optimizer act on that gradient.
+
+    Only trainable variables take part: a frozen layer (`trainable=False`,
+    e.g. a pretrained backbone under a new head) is never perturbed or
+    written, and every norm, inner product, projection and random sample of
+    the algorithms is taken over the trainable variables alone. A frozen
+    BatchNormalization runs in inference mode, as in Keras.
+
+    The step needs first derivatives only, and those are exact through every
+    Keras layer (the `stop_gradient` inside TensorFlow's moments, which
+    spoils second derivatives through normalization layers, leaves first
+    derivatives unchanged; `keras_flat.hessian` handles the second ones).
 
     Randomness comes from a `keras.random.SeedGenerator` owned by the model:
     the same `seed` gives the same run, and the generator state is saved
@@ -111,10 +126,7 @@ class FlatMinimaModel(keras.Model):
         self.algorithm = algorithm
         self.seed = seed
         self.on_nonfinite = on_nonfinite
-        self.grad_norm_tracker = keras.metrics.Mean(name="grad_norm")
-        self.perturbed_tracker = keras.metrics.Mean(name="perturbed")
-        if on_nonfinite != "ignore":
-            self.skipped_tracker = keras.metrics.Sum(name="skipped_steps")
+        self.step_statistics = StepStatistics(skipped=on_nonfinite != "ignore")
         self.algorithm_state = AlgorithmState(seed=seed, name="algorithm_state")
         self.seed_generator = self.algorithm_state.seeds
         self._algorithm_built = False
@@ -151,9 +163,10 @@ class FlatMinimaModel(keras.Model):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         scale = loss_scale(self.optimizer)
         protect = self.on_nonfinite != "ignore"
-        if protect:  # BatchNorm statistics change in the forward pass.
-            layer_guard = guard.StepGuard(self.inner.non_trainable_variables)
+        if protect:  # The forward pass writes BatchNorm statistics and seeds.
+            layer_guard = guard.StepGuard(guard.forward_state(self.inner))
             layer_state = layer_guard.snapshot()
+        statistics = BatchStatistics(self.inner) if self.algorithm.perturbs else None
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
             loss = self.compute_loss(
@@ -171,49 +184,45 @@ class FlatMinimaModel(keras.Model):
             connected = [i for i, g in enumerate(grads) if g is not None]
             variables = [variables[i] for i in connected]
             grads = unscale_gradients([grads[i] for i in connected], scale)
+            seed = None
+            if self.algorithm.perturbs:
+                # Perturbations start once the clean gradient is complete:
+                # the graph would otherwise run them alongside the clean pass,
+                # and the memory of both passes would be alive at once.
+                with tf.control_dependencies(grads):
+                    seed = tf.identity(self.seed_generator.next())
             oracle = GradientOracle(
-                self, x, y, sample_weight, variables,
-                seed=self.seed_generator.next(), scale=scale,
+                self, x, y, sample_weight, variables, seed=seed, scale=scale,
                 step=self.optimizer.iterations,
                 planned_steps=self.algorithm_state.planned_steps,
+                statistics=statistics,
             )
             step = as_step(self.algorithm.compute_update(oracle, grads))
             update, grad_norm, perturbed = step.update, step.grad_norm, step.perturbed
             if protect:
-                # Weights and optimizer state change only in apply; an unbuilt
-                # model has created its weights by now.
-                dynamic = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
-                optimizer_guard = guard.StepGuard(self._optimizer_state(dynamic))
-                optimizer_state = optimizer_guard.snapshot()
                 bad = guard.nonfinite_anywhere(update, loss)
-                if dynamic:  # The LossScaleOptimizer skips the step itself.
-                    update = guard.poison(update, bad)
+                update = rescale_gradients(update, scale)
+                if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+                    # It skips non-finite steps itself; make its decision global.
+                    self.optimizer.apply(guard.poison(update, bad), variables)
                 else:
-                    update = guard.zero_if(update, bad)
-            self.optimizer.apply(rescale_gradients(update, scale), variables)
-            for variable, value in step.assignments:
-                value = tf.cast(value, variable.dtype)
-                variable.assign(tf.where(bad, tf.convert_to_tensor(variable), value)
-                                if protect else value)
-            if protect:
+                    if not self.optimizer.built:  # Not inside the conditional.
+                        self.optimizer.build(self.trainable_variables)
+                    guard.apply_unless(bad, self.optimizer, update, variables)
                 layer_guard.restore_if(bad, layer_state)
-                optimizer_guard.restore_if(bad, optimizer_state)
                 replicas = tf.distribute.get_strategy().num_replicas_in_sync
-                self.skipped_tracker.update_state(tf.cast(bad, tf.float32) / replicas)
-            self.grad_norm_tracker.update_state(grad_norm)
-            self.perturbed_tracker.update_state(perturbed)
+                skipped = tf.cast(bad, tf.float32) / replicas
+            else:
+                self.optimizer.apply(rescale_gradients(update, scale), variables)
+                skipped = None
+            for variable, value in step.assignments:  # The algorithm's own state.
+                value = tf.cast(value, variable.dtype)
+                if protect:
+                    value = tf.where(bad, tf.convert_to_tensor(variable), value)
+                variable.assign(value)
+            self.step_statistics.update_state(grad_norm, perturbed, skipped)
         logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
         return _reducible_across_workers(logs)
-
-    def _optimizer_state(self, dynamic):
-        """Weights and optimizer variables a skipped step must leave untouched."""
-        if dynamic:  # A LossScaleOptimizer protects them itself.
-            return []
-        if not self.optimizer.built:
-            self.optimizer.build(self.trainable_variables)
-        slots = [v for v in self.optimizer.variables
-                 if not v.path.endswith("learning_rate")]  # apply never changes it.
-        return list(self.trainable_variables) + slots
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # Keras 3.15 averages a distributed first batch with

@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from keras_flat import rng
 from keras_flat import vector
+from keras_flat.batch_statistics import batch_normalization_layers
 
 
 class GradientOracle:
@@ -25,39 +26,80 @@ class GradientOracle:
     `global_view` turns a contribution into a full-scale gradient for norms
     and directions.
 
+    Subsets of a model with batch statistics (BatchNormalization layers in
+    training mode): with `statistics` recovered from the clean pass, the
+    chosen examples are gathered and evaluated in inference mode with every
+    such layer normalising by the clean batch's mean and variance (held
+    fixed, no gradient through them), so each example is normalised as in
+    the clean pass; Dropout and other training-only behaviour is off in
+    these evaluations. Without `statistics` (or when they cannot be
+    recovered, see `keras_flat.batch_statistics`), the examples are kept in
+    the whole batch, evaluated in training mode, with zero weight on the
+    others.
+
     Args:
         model: The `FlatMinimaModel`.
         x, y, sample_weight: The batch, as unpacked by Keras.
         trainable_variables: The variables the optimizer updates.
-        seed: The step's stateless seed, an int tensor of shape `(2,)`.
+        seed: The step's stateless seed, an int tensor of shape `(2,)`, or
+            None for an algorithm that draws no random numbers.
         scale: The step's loss scale (from `loss_scale`), or None.
         step: The training step's index (the optimizer's `iterations`
             before this step's update), for algorithms that perturb on a
             schedule.
         planned_steps: The number of steps the current `fit` plans (epochs
             × steps per epoch), or 0 when unknown.
+        statistics: The clean pass's `keras_flat.batch_statistics.BatchStatistics`,
+            or None.
     """
 
     def __init__(
         self, model, x, y, sample_weight, trainable_variables, seed, scale=None,
-        step=None, planned_steps=None,
+        step=None, planned_steps=None, statistics=None,
     ):
         self._scale = scale
-        self.step = tf.constant(0, "int64") if step is None else tf.cast(step, "int64")
-        self.planned_steps = (tf.constant(0, "int64") if planned_steps is None
-                              else tf.cast(planned_steps, "int64"))
+        self._step = step
+        self._planned_steps = planned_steps
         self._model = model
         self._x = x
         self._y = y
         self._sample_weight = sample_weight
         self.trainable_variables = list(trainable_variables)
-        self.variables = [tf.convert_to_tensor(v) for v in self.trainable_variables]
+        self._values = None
         self._seed = seed
         strategy = tf.distribute.get_strategy()
         self.num_replicas = strategy.num_replicas_in_sync
         # With batch statistics a few examples alone are a different function
-        # (BatchNorm of a single example is constant): mask instead of gather.
-        self.masked_subsets = has_batch_statistics(model)
+        # (BatchNorm of a single example is constant): hold the clean batch's
+        # statistics fixed, or else mask instead of gather.
+        self._statistics = statistics if statistics and statistics.recoverable else None
+        self.masked_subsets = self._statistics is None and has_batch_statistics(model)
+
+    @property
+    def step(self):
+        """The training step's index, a scalar int64 tensor (read when first used)."""
+        if self._step is None:
+            return tf.constant(0, "int64")
+        return tf.cast(self._step, "int64")
+
+    @property
+    def planned_steps(self):
+        """The steps the current `fit` plans, a scalar int64 tensor (0 when unknown)."""
+        if self._planned_steps is None:
+            return tf.constant(0, "int64")
+        return tf.cast(self._planned_steps, "int64")
+
+    @property
+    def variables(self):
+        """The current values of `trainable_variables`, a list of tensors.
+
+        Read on first use in each graph (a conditional's branch is a graph of
+        its own), so a step that never perturbs reads nothing.
+        """
+        graph = tf.compat.v1.get_default_graph()
+        if self._values is None or self._values[0] is not graph:
+            self._values = (graph, [tf.convert_to_tensor(v) for v in self.trainable_variables])
+        return self._values[1]
 
     @property
     def batch_size(self):
@@ -82,6 +124,11 @@ class GradientOracle:
         numbers (`Piece.STREAMS`). In `"replica"` mode each replica gets its
         own stream; in `"global"` mode every replica draws the same numbers.
         """
+        if self._seed is None:
+            raise ValueError(
+                "This GradientOracle has no random seed: FlatMinimaModel gives "
+                "none to an algorithm whose `perturbs` attribute is False."
+            )
         seed = rng.fold_in(self._seed, stream)
         if sync == "replica" and self.num_replicas > 1:
             replica = tf.distribute.get_replica_context().replica_id_in_sync_group
@@ -132,7 +179,8 @@ class GradientOracle:
         first_key, rest_key = rng.fold_in(seed, 0), rng.fold_in(seed, 1)
         if sync != "global" or self.num_replicas == 1:
             first = _uniform_index(first_key, size)
-            return Subset(_draw(rest_key, size, first, count), masked=self.masked_subsets)
+            return Subset(_draw(rest_key, size, first, count), masked=self.masked_subsets,
+                          statistics=self._fixed_statistics())
         context = tf.distribute.get_replica_context()
         sizes = context.all_gather(tf.reshape(size, [1]), axis=0)
         first = _uniform_index(first_key, tf.reduce_sum(sizes))
@@ -150,7 +198,11 @@ class GradientOracle:
             padded=True,
             active=active,
             masked=self.masked_subsets,
+            statistics=self._fixed_statistics(),
         )
+
+    def _fixed_statistics(self):
+        return None if self._statistics is None else self._statistics.fixed()
 
     def gradient(self, offset=None, subset=None):
         """Loss and gradient at `w + offset`, on the batch or a subset of it.
@@ -165,17 +217,21 @@ class GradientOracle:
             and a list of gradient tensors, one per trainable variable.
         """
         x, y, sample_weight = self._x, self._y, self._sample_weight
-        if subset is not None:
-            x, y, sample_weight = subset.take(x, y, sample_weight)
+        training = True
         values = list(self.variables)
         if offset is not None:
             values = vector.add(values, offset)
-        model = self._model
         mapping = list(zip(self.trainable_variables, values))
+        if subset is not None:
+            x, y, sample_weight = subset.take(x, y, sample_weight)
+            if subset.statistics is not None:
+                mapping += subset.statistics
+                training = False
+        model = self._model
         with tf.GradientTape() as tape:
             tape.watch(values)
             with keras.StatelessScope(state_mapping=mapping, collect_losses=True):
-                y_pred = model(x, training=True)
+                y_pred = model(x, training=training)
                 loss = model.compute_loss(
                     x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
                     training=True,
@@ -209,16 +265,20 @@ class Subset:
             of the examples.
         masked: Keep the whole batch and give the other examples zero
             weight, instead of gathering the chosen ones.
+        statistics: `(variable, value)` pairs fixing the batch statistics
+            the gathered examples are normalised by (see
+            `keras_flat.batch_statistics`), or None.
     """
 
     def __init__(self, indices, weight=None, scale=1.0, padded=False, active=True,
-                 masked=False):
+                 masked=False, statistics=None):
         self.indices = indices
         self.weight = weight
         self.scale = scale
         self.padded = padded
         self.active = tf.convert_to_tensor(active)
         self.masked = masked
+        self.statistics = statistics
 
     def take(self, x, y, sample_weight):
         """The subset of a batch as `(x, y, sample_weight)`."""
@@ -270,9 +330,8 @@ class Subset:
 
 
 def has_batch_statistics(model):
-    """Whether any layer of `model` normalises with batch statistics."""
-    layers = model._flatten_layers() if hasattr(model, "_flatten_layers") else [model]
-    return any(isinstance(layer, keras.layers.BatchNormalization) for layer in layers)
+    """Whether any layer of `model` normalises with batch statistics in training."""
+    return bool(batch_normalization_layers(model))
 
 
 def _uniform_index(key, size):

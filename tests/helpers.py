@@ -44,7 +44,7 @@ def copy_weights(source, target):
 
 
 def v1_model(a, b):
-    """V1 of ALGORITHMS.md: f(a, b) = (a*b - 1)^2 as two bias-free Dense(1)."""
+    """V1 of docs/algorithms.md: f(a, b) = (a*b - 1)^2 as two bias-free Dense(1)."""
     model = keras.Sequential([
         keras.Input((1,)),
         keras.layers.Dense(1, use_bias=False,

@@ -284,6 +284,7 @@ def test_config_roundtrip_keeps_the_algorithm_and_seed():
     assert keras_flat.FlatMinimaModel(mlp(), "rs").get_config()["seed"] is not None
 
 
+@pytest.mark.compat
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))
 def test_save_load_restores_everything_and_training_continues_identically(name, tmp_path):
     x, y = regression_data(n=64)

@@ -16,6 +16,9 @@ from helpers import mlp
 from helpers import np_project_out
 from helpers import regression_data
 
+# Part of the compatibility subset run on the oldest supported TensorFlow/Keras.
+pytestmark = pytest.mark.compat
+
 LR = 0.1
 L2 = 0.01
 

@@ -87,8 +87,7 @@ class Composite(Algorithm):
         pieces = self.pieces()
         when, where, how = pieces["when"], pieces["where"], pieces["how"]
         states = {role: self._state(role) for role in ROLES}
-        uses_direction = any(p.uses_direction for p in pieces.values())
-        ctx = StepContext(oracle, grads, self.perturbation_sync, direction=uses_direction)
+        ctx = StepContext(oracle, grads, self.perturbation_sync)
         prepared = where.prepare(ctx, states["where"])
         take = when.due(ctx, states["when"])
 

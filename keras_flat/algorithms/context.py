@@ -20,31 +20,29 @@ class StepContext:
         view: The full-scale clean gradient norms and directions use: the
             all-reduced gradient in `"global"` mode, this replica's batch
             gradient in `"replica"` mode.
-        direction: `view / ‖view‖` (zero for a zero gradient), formed only
-            when a piece of the rule says it `uses_direction`.
+        direction: `view / ‖view‖` (zero for a zero gradient), formed when
+            first read in each graph (a conditional's branch is a graph of
+            its own), so a rule that never reads it keeps no gradient-sized
+            unit vector alive.
         grad_norm: `‖view‖`.
     """
 
-    def __init__(self, oracle, grads, sync, direction=True):
+    def __init__(self, oracle, grads, sync):
         self.oracle = oracle
         self.grads = list(grads)
         self.sync = sync
         self.view = oracle.global_view(self.grads, sync)
-        if direction:
-            self._direction, self.grad_norm = vector.unit(self.view)
-        else:  # Nothing uses it: keep the step's graph free of it.
-            self._direction, self.grad_norm = None, vector.norm(self.view)
+        self.grad_norm = vector.norm(self.view)
+        self._direction = None
         self._parameters = None
 
     @property
     def direction(self):
         """`view / ‖view‖`, the clean gradient's unit vector (zero for zero)."""
-        if self._direction is None:
-            raise ValueError(
-                "This step context was built without the gradient's direction; a piece "
-                "that reads it must set `uses_direction = True`."
-            )
-        return self._direction
+        graph = tf.compat.v1.get_default_graph()
+        if self._direction is None or self._direction[0] is not graph:
+            self._direction = (graph, vector.unit(self.view)[0])
+        return self._direction[1]
 
     @property
     def step(self):

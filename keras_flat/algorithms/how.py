@@ -39,15 +39,17 @@ class AddOrthogonal(Combiner):
             learning rate (which plain steps use), a finite number > 0.
     """
 
-    uses_direction = True
-
     def __init__(self, project=True, scale=1.0):
         self.project = check_bool("project", project)
         self.scale = check_number("perturbed_lr_scale", scale, minimum=0.0, inclusive=False)
 
     def perturbed(self, ctx, h, state):
-        v = vector.project_out_unit(h, ctx.direction) if self.project else h
-        step = vector.add(ctx.grads, v)
+        # `add_projected` needs no unit vector of the clean gradient, and
+        # writes each product over an input whose last use it is.
+        if self.project:
+            step = vector.add_projected(ctx.grads, h, ctx.view)
+        else:
+            step = vector.add(ctx.grads, h)
         if self.scale != 1.0:
             step = vector.scale(step, self.scale)
         return step, []
@@ -130,8 +132,6 @@ class Reuse(Combiner):
     Args:
         alpha: A finite number >= 0.
     """
-
-    uses_direction = True
 
     def __init__(self, alpha=0.7):
         self.alpha = check_number("alpha", alpha, minimum=0.0)

@@ -110,8 +110,6 @@ class PerturbationAlgorithm(Composite):
 class _Hooks(Perturbation):
     """A subclass's `prepare` and `perturbation` hooks as a `where` piece."""
 
-    uses_direction = True
-
     def __init__(self, algorithm):
         self.algorithm = algorithm
 

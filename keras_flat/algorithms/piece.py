@@ -12,8 +12,6 @@ class Piece:
     the same piece can be used by several algorithms and traced many times.
 
     Attributes:
-        uses_direction: Whether the piece reads the clean gradient's unit
-            vector.
         STREAMS: The random streams the piece draws from, as
             `{name: number}`. The number is folded into the step's seed, so
             each stream is independent of every other one; numbers must be
@@ -21,9 +19,6 @@ class Piece:
     """
 
     STREAMS = {}
-    #: Whether the piece reads `StepContext.direction` (the clean gradient's
-    #: unit vector); when no piece of a rule does, the step does not form it.
-    uses_direction = False
 
     def init(self, build):
         """Creates this piece's state; returns `{name: variable}` (default: none).

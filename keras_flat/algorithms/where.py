@@ -28,13 +28,11 @@ class Ascent(Perturbation):
         rho: A finite number >= 0.
     """
 
-    uses_direction = True
-
     def __init__(self, rho):
         self.rho = check_number("rho", rho, minimum=0.0)
 
     def gradient(self, ctx, prepared, state):
-        return list(ctx.gradient(offset=vector.scale(ctx.direction, self.rho))[1])
+        return list(ctx.gradient(offset=vector.unit(ctx.view, self.rho)[0])[1])
 
     def get_config(self):
         return {"rho": self.rho}
@@ -71,15 +69,18 @@ class ScaledAscent(Perturbation):
         return out
 
     def prepare(self, ctx, state):
-        scales = self.scales(ctx)
+        # The gradient's norm first, so `view` may be overwritten by the
+        # scaled gradient instead of staying alive beside it.
+        with tf.control_dependencies([ctx.grad_norm]):
+            scales = self.scales(ctx)
         scaled = [g if t is None else tf.cast(t, g.dtype) * g for g, t in zip(ctx.view, scales)]
-        direction, _ = vector.unit(scaled)
+        direction, _ = vector.unit(scaled, self.rho)
         offset = []
         for d, t in zip(direction, scales):
             if t is not None:
                 d = tf.cast(tf.cast(d, t.dtype) * t, d.dtype)
             offset.append(d)
-        return vector.scale(offset, self.rho)
+        return offset
 
     def gradient(self, ctx, prepared, state):
         return list(ctx.gradient(offset=prepared)[1])

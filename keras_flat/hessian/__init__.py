@@ -2,15 +2,25 @@
 
 All functions differentiate the training loss (`model.compute_loss`, i.e.
 the compiled loss plus regularization losses, or `loss=` for an uncompiled
-model) with respect to `model.trainable_variables`, averaged over `data`.
-BatchNorm runs in inference mode unless `training=True`, and no variable is
-ever changed.
+model) with respect to `model.trainable_variables` (frozen layers are
+constants), averaged over `data`. BatchNorm runs in inference mode unless
+`training=True`, and no variable is ever changed.
+
+Second derivatives are exact through every Keras layer, including
+BatchNormalization (batch statistics), LayerNormalization and
+GroupNormalization, whose TensorFlow moments stop the gradient through the
+mean inside the variance: harmless for first derivatives (training), wrong
+for second ones. Every measurement traces and runs inside
+`exact_second_derivatives()`, which removes that `stop_gradient` while it is
+active (see `keras_flat.hessian.exact`). A model that TensorFlow cannot
+differentiate twice raises `NotTwiceDifferentiableError` naming the layer.
 
 - `hvp`: Hessian-vector products (forward-over-backward or double backward).
 - `hessian_trace`: Hutchinson or Hutch++ estimate with standard error.
 - `top_eigenvalues`: Lanczos or power iteration, warm-startable.
 - `spectral_density`: stochastic Lanczos quadrature.
 - `exact_hessian`: the dense Hessian of a small model, for checks.
+- `exact_second_derivatives`: the context every measurement runs in.
 
 For repeated measurements on the same model and data, build one
 `HessianOperator` and pass it as `model` (its compiled functions are then
@@ -21,16 +31,20 @@ import numpy as np
 import tensorflow as tf
 
 from keras_flat import vector
+from keras_flat.hessian import diagnose
 from keras_flat.hessian.density import SpectralDensity
 from keras_flat.hessian.density import smooth
 from keras_flat.hessian.density import stochastic_lanczos_quadrature
+from keras_flat.hessian.diagnose import NotTwiceDifferentiableError
 from keras_flat.hessian.eigen import EIGEN_METHODS
 from keras_flat.hessian.eigen import EigenResult
 from keras_flat.hessian.eigen import lanczos_top
 from keras_flat.hessian.eigen import power_top
+from keras_flat.hessian.exact import exact_second_derivatives
 from keras_flat.hessian.operator import HVP_METHODS
 from keras_flat.hessian.operator import HessianOperator
 from keras_flat.hessian.operator import check_model  # noqa: F401
+from keras_flat.hessian.operator import dense_gradients
 from keras_flat.hessian.operator import in_replica
 from keras_flat.hessian.trace import TRACE_METHODS
 from keras_flat.hessian.trace import BlockTraces
@@ -263,22 +277,42 @@ def exact_hessian(model, data=None, max_parameters=5000, **operator_kwargs):
             f"model has more than max_parameters={max_parameters} parameters."
         )
 
-    @tf.function
     def jacobian(x, y, sw):
-        with tf.GradientTape() as outer:
-            with tf.GradientTape() as inner:
-                loss = op.batch_loss(x, y, sw)
-            grads = inner.gradient(loss, op.variables,
-                                   unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            flat = vector.flatten(grads)
-        blocks = outer.jacobian(flat, op.variables,
-                                unconnected_gradients=tf.UnconnectedGradients.ZERO,
-                                experimental_use_pfor=False)
+        targets = []
+        try:
+            with tf.GradientTape() as outer:
+                with tf.GradientTape() as inner:
+                    loss = op.batch_loss(x, y, sw)
+                targets.append(loss)
+                raw = inner.gradient(loss, op.variables)
+                problems.append(diagnose.check_first_order(op.model, op.variables, loss, raw))
+                flat = vector.flatten(dense_gradients(raw, op.variables))
+                targets.append(flat)
+            blocks = outer.jacobian(flat, op.variables,
+                                    unconnected_gradients=tf.UnconnectedGradients.ZERO,
+                                    experimental_use_pfor=False)
+        except LookupError as error:
+            problems.append(diagnose.explain_failure(op.model, error, targets,
+                                                     "by exact_hessian"))
+            raise
         return tf.concat([tf.reshape(b, [op.dimension, -1]) for b in blocks], axis=1)
 
     total = np.zeros((op.dimension, op.dimension))
-    for weight, batch in zip(op.batch_weights, op.batches):
-        total += weight * np.asarray(in_replica(jacobian, *batch), np.float64)
+    problems = []
+    with exact_second_derivatives():
+        compiled = tf.function(jacobian)
+        for weight, batch in zip(op.batch_weights, op.batches):
+            try:
+                result = in_replica(compiled, *batch)
+            except Exception as error:
+                problem = next((p for p in problems if p is not None), None)
+                if problem is not None:
+                    raise problem from error
+                raise
+            problem = next((p for p in problems if p is not None), None)
+            if problem is not None:
+                raise problem
+            total += weight * np.asarray(result, np.float64)
     return (total + total.T) / 2
 
 
@@ -310,6 +344,8 @@ __all__ = [
     "top_eigenvalues",
     "spectral_density",
     "exact_hessian",
+    "exact_second_derivatives",
+    "NotTwiceDifferentiableError",
     "HVP_METHODS",
     "TRACE_METHODS",
     "EIGEN_METHODS",

@@ -59,16 +59,17 @@ def hutchinson(operator, num_probes, seed, per_variable=False):
     """
     if per_variable:
         return _hutchinson_blocks(operator, num_probes, seed)
-    method = operator.choose_method()
 
-    def estimate(seed, num_probes):
-        samples = tf.TensorArray(operator.dtype, size=num_probes)
-        for i in tf.range(num_probes):
-            z = vector.rademacher_like(operator.variables, rng.fold_in(seed, i))
-            samples = samples.write(i, vector.dot(z, operator._hvp(z, method)))
-        return samples.stack()
+    def make(method):
+        def estimate(seed, num_probes):
+            samples = tf.TensorArray(operator.dtype, size=num_probes)
+            for i in tf.range(num_probes):
+                z = vector.rademacher_like(operator.variables, rng.fold_in(seed, i))
+                samples = samples.write(i, vector.dot(z, operator._hvp(z, method)))
+            return samples.stack()
+        return estimate
 
-    fn = operator._function("hutchinson", estimate)
+    fn = operator._function("hutchinson", make)
     samples = fn(tf.convert_to_tensor(seed), tf.constant(num_probes, tf.int32)).numpy()
     return _result(samples, num_probes, "hutchinson", operator.dimension)
 
@@ -97,33 +98,39 @@ def hutch_plus_plus(operator, num_matvecs, seed, per_variable=False):
         return _hutch_plus_plus_blocks(operator, num_matvecs, seed)
     sketch = min(num_matvecs // 3, operator.dimension)  # QR has at most d columns.
     residual = num_matvecs - 2 * sketch
-    method = operator.choose_method()
     like = operator.variables
 
-    def matvec(flat):
-        return vector.flatten(operator._hvp(vector.unflatten(flat, like), method))
+    def make(method):
+        def matvec(flat):
+            return vector.flatten(operator._hvp(vector.unflatten(flat, like), method))
 
-    def estimate(seed, sketch, residual):
-        columns = tf.TensorArray(operator.dtype, size=sketch)
-        for i in tf.range(sketch):
-            s = vector.flatten(vector.rademacher_like(like, rng.fold_in(seed, i)))
-            columns = columns.write(i, matvec(s))
-        q, _ = tf.linalg.qr(tf.transpose(columns.stack()))
-        low_rank = tf.zeros((), operator.dtype)
-        for i in tf.range(sketch):
-            low_rank += tf.tensordot(q[:, i], matvec(q[:, i]), 1)
-        samples = tf.TensorArray(operator.dtype, size=residual)
-        for i in tf.range(residual):
-            g = vector.flatten(vector.rademacher_like(like, rng.fold_in(seed, sketch + i)))
-            g = g - tf.linalg.matvec(q, tf.linalg.matvec(q, g, transpose_a=True))
-            samples = samples.write(i, tf.tensordot(g, matvec(g), 1))
-        return low_rank + samples.stack()
+        def estimate(seed, sketch, residual):
+            return _hutch_plus_plus(matvec, like, operator.dtype, seed, sketch, residual)
+        return estimate
 
-    fn = operator._function("hutch++", estimate)
+    fn = operator._function("hutch++", make)
     samples = fn(
         tf.convert_to_tensor(seed), tf.constant(sketch), tf.constant(residual)
     ).numpy()
     return _result(samples, num_matvecs, "hutch++", operator.dimension)
+
+
+def _hutch_plus_plus(matvec, like, dtype, seed, sketch, residual):
+    """The body of `hutch_plus_plus`, for one flat HVP function `matvec`."""
+    columns = tf.TensorArray(dtype, size=sketch)
+    for i in tf.range(sketch):
+        s = vector.flatten(vector.rademacher_like(like, rng.fold_in(seed, i)))
+        columns = columns.write(i, matvec(s))
+    q, _ = tf.linalg.qr(tf.transpose(columns.stack()))
+    low_rank = tf.zeros((), dtype)
+    for i in tf.range(sketch):
+        low_rank += tf.tensordot(q[:, i], matvec(q[:, i]), 1)
+    samples = tf.TensorArray(dtype, size=residual)
+    for i in tf.range(residual):
+        g = vector.flatten(vector.rademacher_like(like, rng.fold_in(seed, sketch + i)))
+        g = g - tf.linalg.matvec(q, tf.linalg.matvec(q, g, transpose_a=True))
+        samples = samples.write(i, tf.tensordot(g, matvec(g), 1))
+    return low_rank + samples.stack()
 
 
 def _result(samples, num_matvecs, method, dimension):
@@ -235,19 +242,21 @@ def _with_blocks(samples, num_matvecs, method, operator):
 
 def _hutchinson_blocks(operator, num_probes, seed):
     """Hutchinson's estimator of every block's trace from the same probes."""
-    method = operator.choose_method()
     dtype = operator.dtype
 
-    def estimate(seed, num_probes):
-        samples = tf.TensorArray(dtype, size=num_probes)
-        for i in tf.range(num_probes):
-            z = vector.rademacher_like(operator.variables, rng.fold_in(seed, i))
-            hz = operator._hvp(z, method)
-            dots = [tf.reduce_sum(tf.cast(a, dtype) * tf.cast(b, dtype)) for a, b in zip(z, hz)]
-            samples = samples.write(i, tf.stack(dots))
-        return samples.stack()
+    def make(method):
+        def estimate(seed, num_probes):
+            samples = tf.TensorArray(dtype, size=num_probes)
+            for i in tf.range(num_probes):
+                z = vector.rademacher_like(operator.variables, rng.fold_in(seed, i))
+                hz = operator._hvp(z, method)
+                dots = [tf.reduce_sum(tf.cast(a, dtype) * tf.cast(b, dtype))
+                        for a, b in zip(z, hz)]
+                samples = samples.write(i, tf.stack(dots))
+            return samples.stack()
+        return estimate
 
-    fn = operator._function("hutchinson_blocks", estimate)
+    fn = operator._function("hutchinson_blocks", make)
     samples = fn(tf.convert_to_tensor(seed), tf.constant(num_probes, tf.int32)).numpy()
     return _with_blocks(samples, num_probes, "hutchinson", operator)
 
@@ -263,13 +272,9 @@ def _hutch_plus_plus_blocks(operator, num_matvecs, seed):
     """
     sketch = min(num_matvecs // 3, operator.dimension)
     residual = num_matvecs - 2 * sketch
-    method = operator.choose_method()
     like = operator.variables
     _, sizes = _block_layout(operator)
     segments = tf.constant(np.repeat(np.arange(len(sizes)), sizes), tf.int32)
-
-    def matvec(flat):
-        return vector.flatten(operator._hvp(vector.unflatten(flat, like), method))
 
     def block_dot(a, b):
         return tf.math.segment_sum(a * b, segments)
@@ -277,7 +282,15 @@ def _hutch_plus_plus_blocks(operator, num_matvecs, seed):
     def project_out(q, v):
         return v - tf.linalg.matvec(q, tf.linalg.matvec(q, v, transpose_a=True))
 
-    def estimate(seed, sketch, residual):
+    def make(method):
+        def matvec(flat):
+            return vector.flatten(operator._hvp(vector.unflatten(flat, like), method))
+
+        def estimate(seed, sketch, residual):
+            return _block_estimate(matvec, seed, sketch, residual)
+        return estimate
+
+    def _block_estimate(matvec, seed, sketch, residual):
         columns = tf.TensorArray(operator.dtype, size=sketch)
         for i in tf.range(sketch):
             s = vector.flatten(vector.rademacher_like(like, rng.fold_in(seed, i)))
@@ -293,7 +306,7 @@ def _hutch_plus_plus_blocks(operator, num_matvecs, seed):
             samples = samples.write(i, block_dot(g, project_out(q, matvec(project_out(q, g)))))
         return low_rank + samples.stack()
 
-    fn = operator._function("hutch++_blocks", estimate)
+    fn = operator._function("hutch++_blocks", make)
     samples = fn(
         tf.convert_to_tensor(seed), tf.constant(sketch), tf.constant(residual)
     ).numpy()
