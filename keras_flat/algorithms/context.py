@@ -29,7 +29,7 @@ class StepContext:
 
     def __init__(self, oracle, grads, sync):
         self.oracle = oracle
-        self.grads = list(grads)
+        self.grads = _dense(grads)
         self.sync = sync
         self.view = oracle.global_view(self.grads, sync)
         self.grad_norm = vector.norm(self.view)
@@ -80,7 +80,8 @@ class StepContext:
 
     def gradient(self, offset=None, subset=None):
         """`(loss, grads)` at `w + offset`; see `GradientOracle.gradient`."""
-        return self.oracle.gradient(offset=offset, subset=subset)
+        loss, grads = self.oracle.gradient(offset=offset, subset=subset)
+        return loss, _dense(grads)
 
     def global_view(self, vectors):
         """The full-scale version of gradient contributions (see `view`)."""
@@ -114,3 +115,12 @@ class StepContext:
         if take is None:
             return perturbed(), tf.constant(1.0)
         return tf.cond(take, perturbed, plain), tf.cast(take, tf.float32)
+
+
+def _dense(grads):
+    """`grads` with every `tf.IndexedSlices` (an Embedding's gradient) made dense.
+
+    The two branches of a conditional must return the same structure, and the
+    pieces' arithmetic is dense anyway.
+    """
+    return [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
