@@ -48,6 +48,7 @@ CONFIGS = {
     "SA, center, antithetic": lambda: algorithms.SharpnessAware(
         rho=0.05, center=True, antithetic=True),
     "RS (Alg. 1)": lambda: algorithms.RandomSmoothing(rho=4.0),
+    "RS, rho=0.05 (the former default)": lambda: algorithms.RandomSmoothing(rho=0.05),
     "RS, interval=4": lambda: algorithms.RandomSmoothing(rho=4.0, interval=4),
     "SAM": lambda: algorithms.SAM(rho=0.05),
     "SAM, interval=4": lambda: algorithms.SAM(rho=0.05, interval=4),
@@ -197,7 +198,7 @@ def main(argv=None):
     times = step_times(escape, names, weights, data.x_train, y_train, args.timing_steps,
                        args.timing_repeats)
     sa_drop = start_trace - np.mean([r["trace"] for r in results["SA (Alg. 2)"]])
-    print(common.machine())
+    print(f"Machine: {common.machine()}")
     print(f"\nStart (the poisoned minimum): Hessian trace {start_trace:.1f}, test accuracy "
           f"{start_test:.4f}. Budget: {args.budget:g} plain epochs of batch gradients, "
           f"batch {BATCH}, SGD lr {args.lr:g}, seeds {args.seeds}.")
