@@ -91,7 +91,7 @@ class HessianOperator:
             raise TypeError(
                 f"Argument `loss` must be callable or None. Received: loss={loss!r}."
             )
-        if loss is None and getattr(model, "_compile_loss", None) is None:
+        if loss is None and getattr(model, "loss", None) is None:  # Public: set by compile.
             raise ValueError(
                 "The model has no loss to differentiate: compile it with a "
                 "`loss`, or pass `loss=` (a callable loss(y_true, y_pred))."
