@@ -144,8 +144,9 @@ class Reuse(Combiner):
         return [tf.convert_to_tensor(state[i]) for i in range(len(state))]
 
     def perturbed(self, ctx, h, state):
-        # The orthogonal part is linear in h: contributions sum to the global one.
-        return list(h), vector.project_out_unit(h, ctx.direction)
+        # The orthogonal part is linear in h: contributions sum to the global
+        # one. Projected against `view` itself: no unit vector of it is formed.
+        return list(h), vector.project_out(h, ctx.view)
 
     def plain(self, ctx, state):
         extra = vector.scale(self._stored(state), self.alpha * ctx.grad_norm)
