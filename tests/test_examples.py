@@ -154,6 +154,7 @@ def run_cifar10_escape(tmp_path, strategy):
     assert max(starts) == pytest.approx(min(starts), rel=1e-4)
 
 
+@pytest.mark.slow  # About 100 s on two cores: a ResNet-18 through every phase.
 def test_cifar10_escape_runs_every_phase_offline_on_mock_data(tmp_path):
     run_cifar10_escape(tmp_path, "default")
 

@@ -47,6 +47,9 @@ def _nan_when_perturbed_model():
     return keras.Sequential([keras.Input((4,)), keras.layers.Dense(2), NanWhenPerturbed()])
 
 
+# Covered for every registered rule in the default suite by tests/test_invariants.py;
+# these older per-rule variants run in the slow suite.
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["rs", "sa", "sam", "asam", "none"])
 def test_nan_in_the_clean_pass_is_skipped_and_counted(name):
     x, y = regression_data(n=48)

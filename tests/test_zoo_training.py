@@ -132,7 +132,9 @@ def reference_update(name, args, variables, w, grad, sub_grad, calls):
     raise AssertionError(f"No reference step for algorithm {name!r}: add one here.")
 
 
-@pytest.mark.parametrize("algorithm", zoo.ALGORITHMS)
+# Plain training ("none") on every zoo model runs in the slow suite.
+@pytest.mark.parametrize("algorithm", [
+    pytest.param(a, marks=pytest.mark.slow) if a == "none" else a for a in zoo.ALGORITHMS])
 @pytest.mark.parametrize("name", NAMES)
 def test_each_algorithm_steps_as_assembled_by_hand_and_trains(name, algorithm, monkeypatch):
     # The step run eagerly here: a compiled step costs a trace per model and
