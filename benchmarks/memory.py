@@ -13,9 +13,11 @@ weight-sized buffers the variant keeps alive at its peak. Optimizer slots
 (momentum, Adam's moments) and the gradient are in both, so they cancel.
 
 Variants: `FlatMinimaModel` with `algorithm=None` (the wrapper alone), SAM,
-ASAM, RS and SA, all with the default `on_nonfinite="skip"`, and SAM with
-`on_nonfinite="ignore"`; optimizers SGD with momentum 0.9 and Adam. Targets:
-at most 2 extra buffers for every algorithm, at most 0.25 for the wrapper.
+ASAM, RS, SA, GSAM, LookSAM and RWP, all with the default
+`on_nonfinite="skip"`, and the wrapper and SAM with `on_nonfinite="ignore"`;
+optimizers SGD with momentum 0.9 and Adam. Targets: at most 2 extra buffers
+for every algorithm, at most 0.25 for the wrapper. LookSAM keeps one more
+buffer by design (the direction it reuses between SAM steps).
 The run-to-run noise of one figure is about a tenth of a buffer; `--repeats`
 runs every process several times and reports the median.
 
@@ -46,6 +48,9 @@ VARIANTS = {
     "asam": ("asam", "skip"),
     "rs": ("rs", "skip"),
     "sa": ("sa", "skip"),
+    "gsam": ("gsam", "skip"),
+    "looksam": ("looksam", "skip"),
+    "rwp": ("rwp", "skip"),
 }
 OPTIMIZERS = ("sgd", "adam")
 
@@ -89,6 +94,9 @@ def child(variant, optimizer, steps):
             "asam": lambda: keras_flat.algorithms.ASAM(rho=0.5),
             "rs": lambda: keras_flat.algorithms.RandomSmoothing(rho=0.1),
             "sa": lambda: keras_flat.algorithms.SharpnessAware(rho=0.05),
+            "gsam": lambda: keras_flat.algorithms.GSAM(rho=0.05),
+            "looksam": lambda: keras_flat.algorithms.LookSAM(rho=0.05, k=5),
+            "rwp": lambda: keras_flat.algorithms.RWP(sigma=0.01),
         }[name]()
         model = keras_flat.FlatMinimaModel(inner, algorithm, seed=0,
                                            on_nonfinite=on_nonfinite)

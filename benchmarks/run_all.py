@@ -20,7 +20,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 BENCHMARKS = [
-    ("Step time of each algorithm", "benchmarks.step_time", ["--repeats", "7", "--steps", "30"],
+    ("Step time of each algorithm", "benchmarks.step_time", ["--repeats", "3", "--steps", "15"],
      ["--repeats", "2", "--steps", "5"]),
     ("Hessian-vector products and trace estimates", "benchmarks.hvp", ["--repeats", "7"],
      ["--repeats", "2"]),
@@ -28,6 +28,10 @@ BENCHMARKS = [
      ["--repeats", "5", "--steps", "40"], ["--repeats", "2", "--steps", "8"]),
     ("Loss-landscape surfaces", "benchmarks.landscape", ["--repeats", "7", "--loop-points", "63"],
      ["--repeats", "2", "--loop-points", "21"]),
+    ("Peak memory of each algorithm", "benchmarks.memory", ["--repeats", "2"],
+     ["--repeats", "1", "--optimizers", "sgd", "--variants", "sam", "sa"]),
+    ("Flatness per unit of cost", "benchmarks.efficiency", ["--seeds", "0", "1", "2"],
+     ["--quick"]),
 ]
 
 

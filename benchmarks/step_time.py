@@ -10,12 +10,13 @@ to compare with the targets. Variants: plain Keras, FlatMinimaModel with no
 perturbation, RS, RS with a tolerance that always skips the perturbation,
 SA, SAM, SAM perturbing every fourth step (`interval=4`) and ASAM.
 
-Targets: RS, SAM, ASAM <= 2.05x (two gradient evaluations), RS skipping
-<= 1.05x, SA <= 2.2x, SAM with `interval=4` <= 1.3x. SA's examples are
-gathered (cheap) in models without BatchNorm; with BatchNorm they are masked
-in the whole batch (a batch of one example has constant BatchNorm output),
-which costs two extra batch gradients, so "cnn" (with BatchNorm) and
-"cnn-nobn" show both cases. "transformer" (an encoder block with
+Also GSAM, LookSAM (`k=5`, expected ratio about 1 + 1/5) and RWP.
+
+Targets: RS, SAM, ASAM, GSAM, RWP <= 2.05x (two gradient evaluations), RS
+skipping <= 1.05x, SA <= 1.3x, SAM with `interval=4` <= 1.3x. SA gathers
+its example: in a model with BatchNorm it is evaluated with the clean
+batch's statistics held fixed (`keras_flat.batch_statistics`), so "cnn"
+(with BatchNorm) and "cnn-nobn" should cost alike. "transformer" (an encoder block with
 LayerNorm and Dropout) and "lstm" (an LSTM text model) are token models.
 
 Usage:
@@ -39,6 +40,9 @@ VARIANTS = {
     "sam": lambda: keras_flat.algorithms.SAM(rho=0.05),
     "sam (interval 4)": lambda: keras_flat.algorithms.SAM(rho=0.05, interval=4),
     "asam": lambda: keras_flat.algorithms.ASAM(rho=0.5),
+    "gsam": lambda: keras_flat.algorithms.GSAM(rho=0.05),
+    "looksam (k 5)": lambda: keras_flat.algorithms.LookSAM(rho=0.05, k=5),
+    "rwp": lambda: keras_flat.algorithms.RWP(sigma=0.01),
 }
 
 

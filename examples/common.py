@@ -10,32 +10,32 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 
 from keras_flat import algorithms  # noqa: E402
-from keras_flat import demo  # noqa: E402
 from keras_flat import hessian  # noqa: E402
 
-# The methods the examples compare: key -> (algorithm name for
-# keras_flat.algorithms.get, fixed options, table label). "sa" is the paper's
-# Algorithm 2 exactly; "sa-ca" adds the center and antithetic options, which
-# keep its expected step but are not the paper's rule, so it has its own label.
+# The methods the examples compare: key -> (registered algorithm name, fixed
+# options). "sa" is the paper's Algorithm 2 exactly; "sa-ca" adds the center
+# and antithetic options, which keep its expected step but are not the
+# paper's rule, so the registry labels it as a variant.
 METHODS = {
-    "none": ("none", {}, demo.NAMES["none"]),
-    "sam": ("sam", {}, demo.NAMES["sam"]),
-    "rs": ("rs", {}, demo.NAMES["rs"]),
-    "sa": ("sa", {}, demo.NAMES["sa"]),
-    "sa-ca": ("sa", {"center": True, "antithetic": True}, "SA + center, antithetic"),
+    "none": ("none", {}),
+    "sam": ("sam", {}),
+    "rs": ("rs", {}),
+    "sa": ("sa", {}),
+    "sa-ca": ("sa", {"center": True, "antithetic": True}),
 }
 
 
 def make_algorithm(key, rho=None):
     """The algorithm of `METHODS[key]` with radius `rho` (ignored for plain SGD)."""
-    name, options, _ = METHODS[key]
+    name, options = METHODS[key]
     if name == "none":
         return algorithms.get("none")
-    return algorithms.get(name, rho=rho, **options)
+    return algorithms.get(name, **({} if rho is None else {"rho": rho}), **options)
 
 
 def label(key):
-    return METHODS[key][2]
+    """The registry's label of `METHODS[key]`, without its radius."""
+    return algorithms.label(make_algorithm(key), radius=False)
 
 
 def add_output_argument(parser, example):

@@ -37,7 +37,8 @@ import common  # noqa: E402
 
 EXAMPLE = "two_dim_manifold"
 METHODS = ("gd", "rs", "sa", "sam")
-LABELS = {"gd": "plain GD", "rs": "RS (Alg. 1)", "sa": "SA (Alg. 2)", "sam": "SAM"}
+LABELS = {"gd": "plain GD",  # Full-batch gradient descent; the others are the registry's.
+          **{m: keras_flat.algorithms.registry.entry(m).label for m in ("rs", "sa", "sam")}}
 
 
 def v1_model(a, b):

@@ -22,7 +22,7 @@ False.
 import keras
 import tensorflow as tf
 
-from keras_flat.nested_layers import layers_of
+from keras_flat.internals import flatten_layers
 
 
 def batch_normalization_layers(model):
@@ -33,7 +33,7 @@ def batch_normalization_layers(model):
     listed.
     """
     return [
-        layer for layer in layers_of(model)
+        layer for layer in flatten_layers(model)
         if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
     ]
 

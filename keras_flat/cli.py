@@ -7,11 +7,11 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from keras_flat import algorithms  # noqa: E402
 from keras_flat import demo  # noqa: E402
-from keras_flat.demo import DEFAULT_RHO  # noqa: E402
 from keras_flat.landscape import command as landscape_command  # noqa: E402
 
-ALGORITHM_CHOICES = ("none", "sam", "asam", "rs", "sa")
+ALGORITHM_CHOICES = tuple(algorithms.names())
 
 
 def _positive_int(text):
@@ -50,11 +50,11 @@ def add_demo_arguments(parser):
              "generated locally; needs keras-flat[datasets]), both offline, or a TensorFlow "
              "Datasets name such as 'mnist' (downloads; needs internet and "
              "keras-flat[datasets]). Default: digits.")
+    choices = ", ".join(f"{e.name} ({e.label})" for e in algorithms.registry.entries())
     parser.add_argument(
         "--algorithms", nargs="+", default=["none", "sam", "rs", "sa"], choices=ALGORITHM_CHOICES,
         metavar="NAME",
-        help="Algorithms to compare, from: none (plain SGD), sam, asam, rs (Algorithm 1), "
-             "sa (Algorithm 2). Default: none sam rs sa.")
+        help=f"Algorithms to compare, from: {choices}. Default: none sam rs sa.")
     parser.add_argument("--epochs", type=_positive_int, default=30,
                         help="Epochs per algorithm (the same budget for all). Default: 30.")
     parser.add_argument(
@@ -68,9 +68,15 @@ def add_demo_arguments(parser):
                         help="SGD learning rate (momentum 0.9) for every algorithm. Default: 0.05.")
     parser.add_argument("--hidden", type=_positive_int, default=64,
                         help="Width of the MLP's hidden layer. Default: 64.")
-    for name, label in (("sam", "SAM"), ("asam", "ASAM"), ("rs", "RS"), ("sa", "SA")):
-        parser.add_argument(f"--{name}-rho", type=_non_negative_float, default=None,
-                            help=f"Perturbation radius of {label}. Default: {DEFAULT_RHO[name]}.")
+    for entry in algorithms.registry.entries():
+        key = demo.radius_argument(entry.name)
+        if key is None:
+            continue
+        parser.add_argument(
+            f"--{entry.name}-{key}", dest=f"{entry.name}_radius", type=_non_negative_float,
+            default=None,
+            help=f"Perturbation {'radius' if key == 'rho' else 'scale'} ({key}) of "
+                 f"{entry.label}. Default: {demo.default_radius(entry.name)}.")
     parser.add_argument(
         "--sa-paper-rule", action="store_true",
         help="Run SA exactly as Algorithm 2 (one random sign, uncentered). By default the "
@@ -94,7 +100,8 @@ def run_demo(args, seeds=(0,), title="keras-flat demo", stem="results"):
     Writes `<stem>.md` (the table), `<stem>.json` (every number) and, unless
     `args.no_plot`, `plot.png` (or `<stem>.png`) into `args.output_dir`.
     """
-    rhos = {name: getattr(args, f"{name}_rho") for name in ("sam", "asam", "rs", "sa")}
+    rhos = {e.name: getattr(args, f"{e.name}_radius", None)
+            for e in algorithms.registry.entries()}
     landscape = getattr(args, "landscape", False)
     dataset = demo.datasets.load(args.dataset) if landscape else args.dataset
     results = demo.compare(

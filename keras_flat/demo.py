@@ -18,9 +18,6 @@ from keras_flat import callbacks as flat_callbacks
 from keras_flat import datasets
 from keras_flat.model import FlatMinimaModel
 
-DEFAULT_RHO = {"none": None, "sam": 0.05, "asam": 0.5, "rs": 2.0, "sa": 0.1}
-NAMES = {"none": "plain SGD", "sam": "SAM", "asam": "ASAM", "rs": "RS (Alg. 1)",
-         "sa": "SA (Alg. 2)"}
 LOSSES = ("mse", "crossentropy")
 
 
@@ -68,20 +65,33 @@ def build_mlp(input_shape, num_classes, hidden=64, seed=0):
 
 
 def make_algorithm(name, rho=None, sa_paper_rule=False, **kwargs):
-    """An algorithm by short name, with the demo's default radius.
+    """A registered algorithm by name, with the registry's demo defaults.
 
-    SA is centered and antithetic unless `sa_paper_rule`: with mini-batches
-    far from interpolation, the paper's single-example rule adds that
-    example's gradient and a `±rho ∇²f_i s` kick to every step, noise that
-    costs accuracy at practical learning rates; both options keep the
-    expected step and remove that noise.
+    `rho` (or `sigma` for the random-weight rules) overrides the default
+    radius when given. SA is centered and antithetic unless
+    `sa_paper_rule`: with mini-batches far from interpolation, the paper's
+    single-example rule adds that example's gradient and a `±rho ∇²f_i s`
+    kick to every step, noise that costs accuracy at practical learning
+    rates; both options keep the expected step and remove that noise.
     """
-    if name == "none":
-        return algorithms.NoPerturbation()
-    rho = DEFAULT_RHO[name] if rho is None else rho
-    if name == "sa" and not sa_paper_rule:
+    entry = algorithms.registry.entry(name)
+    if rho is not None:
+        kwargs[radius_argument(name)] = rho
+    if entry.name == "sa" and not sa_paper_rule:
         kwargs = {"center": True, "antithetic": True, **kwargs}
-    return algorithms.get(name, rho=rho, **kwargs)
+    return entry.build(**kwargs)
+
+
+def radius_argument(name):
+    """The name of an algorithm's radius argument (`rho` or `sigma`), or None."""
+    defaults = algorithms.registry.entry(name).defaults
+    return next((k for k in ("rho", "sigma") if k in defaults), None)
+
+
+def default_radius(name):
+    """The demo's default radius of a registered algorithm, or None."""
+    key = radius_argument(name)
+    return None if key is None else algorithms.registry.entry(name).defaults[key]
 
 
 def _loss_and_targets(loss, data):
@@ -131,7 +141,7 @@ def run_one(data, algorithm, epochs, batch_size, learning_rate, seed, probe_size
     train = model.evaluate(data.x_train, y_train, verbose=0, return_dict=True)
     test = model.evaluate(data.x_test, y_test, verbose=0, return_dict=True)
     return RunResult(
-        algorithm=display_name(algorithm), seed=seed, train_accuracy=train["accuracy"],
+        algorithm=algorithms.label(algorithm), seed=seed, train_accuracy=train["accuracy"],
         test_accuracy=test["accuracy"], train_loss=train["loss"],
         hessian_trace=history["hessian_trace"][-1],
         hessian_trace_stderr=history["hessian_trace_stderr"][-1],
@@ -144,16 +154,7 @@ def run_one(data, algorithm, epochs, batch_size, learning_rate, seed, probe_size
 
 def display_name(algorithm):
     """A table label: the algorithm, its radius and any non-paper options."""
-    short = {algorithms.NoPerturbation: "none", algorithms.RandomSmoothing: "rs",
-             algorithms.SharpnessAware: "sa", algorithms.SAM: "sam", algorithms.ASAM: "asam"}
-    name = NAMES.get(short.get(type(algorithm)), type(algorithm).__name__)
-    extras = []
-    if getattr(algorithm, "rho", None) is not None:
-        extras.append(f"ρ={algorithm.rho:g}")
-    for option in ("center", "antithetic"):
-        if getattr(algorithm, option, False):
-            extras.append(option)
-    return f"{name}, {', '.join(extras)}" if extras else name
+    return algorithms.label(algorithm)
 
 
 def compare(dataset="digits", names=("none", "sam", "rs", "sa"), epochs=30, batch_size=32,
@@ -172,7 +173,7 @@ def compare(dataset="digits", names=("none", "sam", "rs", "sa"), epochs=30, batc
     results = []
     for seed in seeds:
         for name in names:
-            log(f"--- {NAMES.get(name, name)}, seed {seed} ---")
+            log(f"--- {algorithms.registry.entry(name).label}, seed {seed} ---")
             algorithm = make_algorithm(name, rhos.get(name), sa_paper_rule=sa_paper_rule)
             results.append(run_one(data, algorithm, epochs, batch_size, learning_rate, seed,
                                    probe_size, num_probes, hidden, verbose, loss=loss,
@@ -265,7 +266,7 @@ def plot_landscapes(results, data, names, output_dir, loss="mse", probe_size=512
 
     _, _, y_train, _ = _loss_and_targets(loss, data)
     probe = (data.x_train[:probe_size], y_train[:probe_size])
-    labels = [NAMES.get(name, name) for name in names]
+    labels = [algorithms.registry.entry(name).label for name in names]
     lines, planes, _, paths = compare_minima(
         [r.model for r in results], probe, labels, output_dir=output_dir, seed=seed,
         title=f"Training loss around each minimum ({len(probe[0])} training examples, "

@@ -21,7 +21,7 @@ checks replica 0's gradients alone).
 import tensorflow as tf
 
 from keras_flat import vector
-from keras_flat.nested_layers import layers_of
+from keras_flat.internals import flatten_layers
 
 ON_NONFINITE = ("skip", "raise", "ignore")
 
@@ -57,7 +57,8 @@ def forward_state(model):
     Returns:
         A list of variables, without duplicates.
     """
-    frozen = {id(w) for layer in layers_of(model) if not layer.trainable for w in layer.weights}
+    frozen = {id(w) for layer in flatten_layers(model) if not layer.trainable
+              for w in layer.weights}
     return _unique(v for v in model.non_trainable_variables if id(v) not in frozen)
 
 

@@ -7,9 +7,6 @@ from keras_flat import rng
 from keras_flat import vector
 from keras_flat.batch_statistics import batch_normalization_layers
 
-# Fixed tags that give each random draw of a step its own stream.
-_SEED_TAGS = {"sphere": 1, "examples": 2, "jitter": 3, "sign": 4}
-
 
 class GradientOracle:
     """Gradients of one batch at perturbed weights, with no side effects.
@@ -50,16 +47,19 @@ class GradientOracle:
         step: The training step's index (the optimizer's `iterations`
             before this step's update), for algorithms that perturb on a
             schedule.
+        planned_steps: The number of steps the current `fit` plans (epochs
+            × steps per epoch), or 0 when unknown.
         statistics: The clean pass's `keras_flat.batch_statistics.BatchStatistics`,
             or None.
     """
 
     def __init__(
         self, model, x, y, sample_weight, trainable_variables, seed, scale=None,
-        step=None, statistics=None,
+        step=None, planned_steps=None, statistics=None,
     ):
         self._scale = scale
         self._step = step
+        self._planned_steps = planned_steps
         self._model = model
         self._x = x
         self._y = y
@@ -83,6 +83,13 @@ class GradientOracle:
         return tf.cast(self._step, "int64")
 
     @property
+    def planned_steps(self):
+        """The steps the current `fit` plans, a scalar int64 tensor (0 when unknown)."""
+        if self._planned_steps is None:
+            return tf.constant(0, "int64")
+        return tf.cast(self._planned_steps, "int64")
+
+    @property
     def variables(self):
         """The current values of `trainable_variables`, a list of tensors.
 
@@ -99,18 +106,30 @@ class GradientOracle:
         """Number of examples in this replica's batch, a scalar int32 tensor."""
         return tf.shape(_first_leaf(self._x))[0]
 
-    def seed(self, tag, sync="global"):
-        """A stateless seed for the draw named `tag` in this step.
+    @property
+    def model(self):
+        """The model being trained."""
+        return self._model
 
-        In `"replica"` mode each replica gets its own stream; in `"global"`
-        mode every replica draws the same numbers.
+    @property
+    def progress(self):
+        """`step / planned_steps` as a float32 scalar (0 when nothing is planned)."""
+        planned = tf.cast(tf.maximum(self.planned_steps, 1), tf.float32)
+        return tf.cast(self.step, tf.float32) / planned
+
+    def seed(self, stream, sync="global"):
+        """A stateless seed for random stream number `stream` in this step.
+
+        Each piece of an algorithm names the streams it draws from and their
+        numbers (`Piece.STREAMS`). In `"replica"` mode each replica gets its
+        own stream; in `"global"` mode every replica draws the same numbers.
         """
         if self._seed is None:
             raise ValueError(
                 "This GradientOracle has no random seed: FlatMinimaModel gives "
                 "none to an algorithm whose `perturbs` attribute is False."
             )
-        seed = rng.fold_in(self._seed, _SEED_TAGS[tag])
+        seed = rng.fold_in(self._seed, stream)
         if sync == "replica" and self.num_replicas > 1:
             replica = tf.distribute.get_replica_context().replica_id_in_sync_group
             seed = rng.fold_in(seed, replica + 1)

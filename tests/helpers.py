@@ -1,7 +1,10 @@
 """Small models and reference computations shared by the tests."""
 
+import functools
+
 import keras
 import numpy as np
+import tensorflow as tf
 
 import keras_flat
 
@@ -128,3 +131,16 @@ def load_example(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@functools.lru_cache(maxsize=None)
+def mirrored_strategy():
+    """The one MirroredStrategy over the logical CPUs of conftest, per process.
+
+    TensorFlow gives each MirroredStrategy its own collective keys starting
+    from the same values, so a second strategy on the same devices collides
+    with the first's cached collectives: every test shares this one.
+    """
+    from conftest import NUM_LOGICAL_CPUS
+
+    return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(NUM_LOGICAL_CPUS)])

@@ -147,5 +147,5 @@ def test_model_accepts_names_instances_and_configs():
     assert m.inner is inner
     m = keras_flat.FlatMinimaModel(inner, algorithms.serialize(algorithms.SAM(0.1)))
     assert m.algorithm == algorithms.SAM(0.1)
-    assert isinstance(keras_flat.FlatMinimaModel(inner).algorithm, algorithms.RandomSmoothing)
+    assert keras_flat.FlatMinimaModel(inner).algorithm == algorithms.SharpnessAware(rho=0.05)
     assert isinstance(keras_flat.FlatMinimaModel(inner, None).algorithm, algorithms.NoPerturbation)

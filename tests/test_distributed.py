@@ -1,7 +1,5 @@
 """MirroredStrategy over two logical CPUs (configured in conftest.py)."""
 
-import functools
-
 import keras
 import numpy as np
 import pytest
@@ -10,10 +8,12 @@ import tensorflow as tf
 import keras_flat
 from keras_flat import algorithms
 from keras_flat import hessian
+from keras_flat.algorithms.where import SphereSample
 from keras_flat.oracle import GradientOracle
 
 from conftest import NUM_LOGICAL_CPUS
 from helpers import flat_norm
+from helpers import mirrored_strategy
 from helpers import mlp
 from helpers import regression_data
 
@@ -22,12 +22,7 @@ pytestmark = pytest.mark.distributed
 DEVICES = [f"/cpu:{i}" for i in range(NUM_LOGICAL_CPUS)]
 
 
-@functools.lru_cache(maxsize=None)
-def _strategy():
-    # One strategy per process: TensorFlow gives each MirroredStrategy its own
-    # collective keys starting from the same values, so a second strategy on
-    # the same devices collides with the first's cached collectives.
-    return tf.distribute.MirroredStrategy(DEVICES)
+_strategy = mirrored_strategy
 
 
 ALGORITHMS = {
@@ -110,7 +105,7 @@ def _replica_seeds(sync):
         def fn():
             oracle = GradientOracle(model, tf.zeros((2, 4)), tf.zeros((2, 2)), None,
                                     model.trainable_variables, seed=tf.constant([3, 4], tf.int64))
-            return oracle.seed("sphere", sync)
+            return oracle.seed(SphereSample.STREAMS["sphere"], sync)
         return strategy.experimental_local_results(strategy.run(fn))
 
     return [np.array(s) for s in run()]

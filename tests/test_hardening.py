@@ -47,6 +47,9 @@ def _nan_when_perturbed_model():
     return keras.Sequential([keras.Input((4,)), keras.layers.Dense(2), NanWhenPerturbed()])
 
 
+# Covered for every registered rule in the default suite by tests/test_invariants.py;
+# these older per-rule variants run in the slow suite.
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["rs", "sa", "sam", "asam", "none"])
 def test_nan_in_the_clean_pass_is_skipped_and_counted(name):
     x, y = regression_data(n=48)
@@ -60,16 +63,18 @@ def test_nan_in_the_clean_pass_is_skipped_and_counted(name):
     assert history.history["skipped_steps"] == [1.0]
     assert all(np.all(np.isfinite(np.array(v))) for v in model.weights)
     # Skipping left no trace: training on the two good batches gives the same
-    # weights, Adam moments, iteration count and BatchNorm statistics (the
-    # skipped step still drew its random numbers, so the reference skips them).
+    # weights, Adam moments, iteration count, BatchNorm statistics and seed
+    # counter (the skipped step's random draws are undone with it).
     reference.fit(x[:16], y[:16], batch_size=16, epochs=1, shuffle=False, verbose=0)
-    reference.seed_generator.next()
     reference.fit(x[32:], y[32:], batch_size=16, epochs=1, shuffle=False, verbose=0)
     np.testing.assert_array_equal(int(model.optimizer.iterations),
                                   int(reference.optimizer.iterations))
     for a, b in zip(model.weights + model.optimizer.variables,
                     reference.weights + reference.optimizer.variables):
-        np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-6, atol=1e-7)
+        if a.path.endswith("planned_steps"):  # The length of the last fit: 3 against 1.
+            continue
+        np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-6, atol=1e-7,
+                                   err_msg=a.path)
 
 
 @pytest.mark.parametrize("name", ["rs", "sa", "sam", "asam"])

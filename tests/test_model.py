@@ -44,6 +44,9 @@ def _assert_all_equal(a, b):
 # ---- Weights are never changed by a perturbed pass ----------------------
 
 
+# Covered for every registered rule in the default suite by tests/test_invariants.py;
+# these older per-rule variants run in the slow suite.
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["rs", "sa", "sam", "asam", "sa_every2"])
 def test_learning_rate_zero_leaves_weights_bit_identical(name):
     x, y = regression_data(n=100)
@@ -57,6 +60,9 @@ def test_learning_rate_zero_leaves_weights_bit_identical(name):
     _assert_all_equal(_trainable(inner), start)  # ...and not one bit moved.
 
 
+# Covered for every registered rule in the default suite by tests/test_invariants.py;
+# these older per-rule variants run in the slow suite.
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["rs", "sa", "sam", "asam", "sa_every2"])
 def test_batchnorm_statistics_follow_the_clean_pass_only(name):
     x, y = regression_data(n=60)
@@ -231,6 +237,9 @@ def test_every_model_kind_trains_with_the_paper_algorithms(kind, name):
     np.testing.assert_allclose(predictions, model.inner.predict(inputs, verbose=0))
 
 
+# Covered for every registered rule in the default suite by tests/test_invariants.py;
+# these older per-rule variants run in the slow suite.
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))
 def test_jit_compile_gives_the_same_weights(name):
     x, y = regression_data(n=64)
@@ -284,6 +293,9 @@ def test_config_roundtrip_keeps_the_algorithm_and_seed():
     assert keras_flat.FlatMinimaModel(mlp(), "rs").get_config()["seed"] is not None
 
 
+# Covered for every registered rule in the default suite by tests/test_invariants.py;
+# these older per-rule variants run in the slow suite.
+@pytest.mark.slow
 @pytest.mark.compat
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))
 def test_save_load_restores_everything_and_training_continues_identically(name, tmp_path):

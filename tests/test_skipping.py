@@ -55,10 +55,12 @@ def test_a_skipped_step_leaves_weights_slots_iterations_and_statistics_bit_ident
     assert int(model.optimizer.iterations) == 2 // (model.optimizer.gradient_accumulation_steps or 1)
     changed = [not np.array_equal(a, b) for a, b in zip(before, _state(model))]
     assert sum(changed) > len(model.inner.trainable_variables)
-    # Only what the forward pass writes was snapshotted: BatchNorm statistics
-    # and the Dropout seed, no weight and no optimizer variable.
+    # Only what the forward pass writes was snapshotted: BatchNorm statistics,
+    # the Dropout seed and the step's seed counter (two integers), no weight
+    # and no optimizer variable.
     bn, dropout = model.inner.layers[1], model.inner.layers[2]
-    expected = {id(bn.moving_mean), id(bn.moving_variance), id(dropout.seed_generator.state)}
+    expected = {id(bn.moving_mean), id(bn.moving_variance), id(dropout.seed_generator.state),
+                id(model.seed_generator.state)}
     assert protected and {id(v) for v in protected} == expected
 
 

@@ -430,18 +430,23 @@ def reference_loss(losses, model, trainable, x, y, sample_weight=None, training=
     return total
 
 
-def gradient_function(losses, model, x, y, training=True, compiled=True):
+def gradient_function(losses, model, x, y, training=True, compiled=True, non_trainable=None):
     """`grad(values, sample_weight=None) -> (loss, [gradients])` in NumPy.
 
     Gradients with respect to `model.trainable_variables`, by one
     `tf.GradientTape` over `reference_loss`; compiled once with
     `compiled=True` (for many calls), eager otherwise (for a few).
+    `non_trainable` replaces the values of `model.non_trainable_variables`
+    (default: a snapshot of their current values).
     """
     x = tf.nest.map_structure(tf.convert_to_tensor, x)
     y = tf.nest.map_structure(tf.convert_to_tensor, y)
     dtypes = [v.dtype for v in model.trainable_variables]
     # A snapshot: a training step may move BatchNorm statistics afterwards.
-    non_trainable = [tf.constant(v.numpy()) for v in model.non_trainable_variables]
+    if non_trainable is None:
+        non_trainable = [v.numpy() for v in model.non_trainable_variables]
+    non_trainable = [tf.constant(np.asarray(v), u.dtype)
+                     for v, u in zip(non_trainable, model.non_trainable_variables)]
 
     def compute(values, sample_weight):
         with tf.GradientTape() as tape:

@@ -1,39 +1,81 @@
-"""Update rules for `keras_flat.FlatMinimaModel`.
+"""Update rules for `keras_flat.FlatMinimaModel`, and the pieces they are made of.
+
+Named rules (see `names()`; each is a preset of `Composite`):
 
 - `RandomSmoothing` ("rs"): Algorithm 1 of Ahn, Jadbabaie & Sra (2024).
 - `SharpnessAware` ("sa"): Algorithm 2 of the same paper.
-- `SAM` ("sam") and `ASAM` ("asam"): the sharpness-aware baselines.
+- `SAM` ("sam"), `ASAM` ("asam"), `GSAM` ("gsam"), `LookSAM` ("looksam"),
+  `AESAM` ("aesam"): the sharpness-aware family.
+- `RWP` ("rwp"), `ARWP` ("arwp"): random weight perturbation.
 - `NoPerturbation` ("none", or `None`): plain training.
+
+Pieces, to compose new rules with `Composite(where=..., how=..., when=...)`:
+`keras_flat.algorithms.when` (schedules), `.where` (perturbed points) and
+`.how` (combiners). A new rule is registered once with `register`, which
+makes it known to `get`, the command line, the demo and the invariant tests.
 """
 
 import keras
 
+from keras_flat.algorithms import how
+from keras_flat.algorithms import registry
+from keras_flat.algorithms import when
+from keras_flat.algorithms import where
+from keras_flat.algorithms.aesam import AESAM
 from keras_flat.algorithms.base import Algorithm
-from keras_flat.algorithms.base import PerturbationAlgorithm
+from keras_flat.algorithms.base import Step
+from keras_flat.algorithms.composite import Composite
+from keras_flat.algorithms.context import StepContext
+from keras_flat.algorithms.gsam import GSAM
+from keras_flat.algorithms.looksam import LookSAM
 from keras_flat.algorithms.none import NoPerturbation
+from keras_flat.algorithms.perturbed_step import PerturbationAlgorithm
+from keras_flat.algorithms.piece import BuildContext
 from keras_flat.algorithms.random_smoothing import RandomSmoothing
+from keras_flat.algorithms.registry import label
+from keras_flat.algorithms.registry import names
+from keras_flat.algorithms.registry import register
+from keras_flat.algorithms.rwp import ARWP
+from keras_flat.algorithms.rwp import RWP
 from keras_flat.algorithms.sam import ASAM
 from keras_flat.algorithms.sam import SAM
 from keras_flat.algorithms.sharpness_aware import SharpnessAware
 
-ALIASES = {
-    "none": NoPerturbation,
-    "plain": NoPerturbation,
-    "no_perturbation": NoPerturbation,
-    "rs": RandomSmoothing,
-    "random_smoothing": RandomSmoothing,
-    "randomsmoothing": RandomSmoothing,
-    "sa": SharpnessAware,
-    "sharpness_aware": SharpnessAware,
-    "sharpnessaware": SharpnessAware,
-    "sam": SAM,
-    "asam": ASAM,
-}
+register("none", NoPerturbation, "plain SGD", aliases=("plain", "no_perturbation"))
+register("sam", SAM, "SAM", defaults={"rho": 0.05},
+         test_kwargs={"rho": 0.07, "interval": 2, "start": 1, "perturbation_sync": "replica"},
+         paper="Foret et al., ICLR 2021, arXiv 2010.01412")
+register("asam", ASAM, "ASAM", defaults={"rho": 0.5},
+         test_kwargs={"rho": 0.9, "eta": 0.02, "interval": 2},
+         paper="Kwon et al., ICML 2021, arXiv 2102.11600")
+register("rs", RandomSmoothing, "RS (Alg. 1)", aliases=("random_smoothing", "randomsmoothing"),
+         defaults={"rho": 2.0},
+         test_kwargs={"rho": 0.3, "tolerance": 1e3, "perturbed_lr_scale": 2.0, "project": False,
+                      "antithetic": True, "interval": 2},
+         paper="Ahn, Jadbabaie & Sra, ICML 2024, arXiv 2305.15659, Algorithm 1")
+register("sa", SharpnessAware, "SA (Alg. 2)", aliases=("sharpness_aware", "sharpnessaware"),
+         defaults={"rho": 0.1},
+         test_kwargs={"rho": 0.1, "tolerance": 1e3, "perturbed_lr_scale": 0.5, "examples": 3,
+                      "jitter": 1e-4, "center": True, "antithetic": True, "start": 1},
+         paper="Ahn, Jadbabaie & Sra, ICML 2024, arXiv 2305.15659, Algorithm 2")
+register("gsam", GSAM, "GSAM", defaults={"rho": 0.05, "alpha": 0.1},
+         test_kwargs={"rho": 0.1, "alpha": 0.3, "interval": 2},
+         paper="Zhuang et al., ICLR 2022, arXiv 2203.08065")
+register("looksam", LookSAM, "LookSAM", aliases=("look_sam",), defaults={"rho": 0.05, "k": 5},
+         test_kwargs={"rho": 0.1, "k": 3, "alpha": 0.5},
+         paper="Liu et al., CVPR 2022, arXiv 2203.02714")
+register("aesam", AESAM, "AE-SAM", aliases=("ae_sam",), defaults={"rho": 0.05},
+         test_kwargs={"rho": 0.1, "decay": 0.8, "thresholds": 0.0},
+         paper="Jiang et al., ICLR 2023, arXiv 2304.14647")
+register("rwp", RWP, "RWP", defaults={"sigma": 0.01},
+         test_kwargs={"sigma": 0.05, "alpha": 0.3, "include_offsets": True, "interval": 2},
+         paper="Li et al., arXiv 2211.11489")
+register("arwp", ARWP, "ARWP", defaults={"sigma": 0.01},
+         test_kwargs={"sigma": 0.05, "alpha": 0.3, "eta": 0.5, "beta": 0.9},
+         paper="Li et al., TMLR 2024, arXiv 2404.00357")
 
-_CLASSES = {
-    cls.__name__: cls
-    for cls in (NoPerturbation, RandomSmoothing, SharpnessAware, SAM, ASAM)
-}
+_CLASSES = {entry.cls.__name__: entry.cls for entry in registry.entries()}
+_CLASSES.update(Composite=Composite)
 
 
 def serialize(algorithm):
@@ -50,14 +92,15 @@ def get(identifier, custom_objects=None, **kwargs):
     """Returns an algorithm instance.
 
     Args:
-        identifier: An `Algorithm` instance (returned as is), a name
-            (`"rs"`/`"random_smoothing"`, `"sa"`/`"sharpness_aware"`,
-            `"sam"`, `"asam"`, or `None`/`"none"` for plain training; case
-            and dashes do not matter), a class name, or a config dict as
+        identifier: An `Algorithm` instance (returned as is), a registered
+            name or alias (see `names()`; case and dashes do not matter),
+            `None` for plain training, a class name, or a config dict as
             returned by `serialize` or `{"class_name": ..., "config": ...}`.
         custom_objects: Optional dict of user-defined algorithm classes, for
             dict identifiers.
-        **kwargs: Constructor arguments, allowed only with a name.
+        **kwargs: Constructor arguments, allowed only with a name. A name
+            builds the class with its own defaults (the registry's demo
+            defaults are not applied here).
 
     Returns:
         An `Algorithm`.
@@ -78,14 +121,10 @@ def get(identifier, custom_objects=None, **kwargs):
         _no_kwargs(identifier, kwargs)
         return identifier
     if isinstance(identifier, str):
-        key = identifier.strip().lower().replace("-", "_")
-        cls = ALIASES.get(key) or _CLASSES.get(identifier.strip())
+        found = registry.lookup(identifier)
+        cls = found.cls if found else _CLASSES.get(identifier.strip())
         if cls is None:
-            raise ValueError(
-                "Unknown algorithm. Argument `algorithm` must be an Algorithm "
-                f"instance, a config dict, None or one of {sorted(ALIASES)}. "
-                f"Received: algorithm={identifier!r}."
-            )
+            registry.entry(identifier)  # Raises, naming the choices.
         return cls(**kwargs)
     if isinstance(identifier, dict):
         _no_kwargs(identifier, kwargs)
@@ -106,8 +145,8 @@ def _from_dict(config, custom_objects):
     name = config["class_name"]
     local = dict(custom_objects or {})
     cls = local.get(name) or _CLASSES.get(name)
-    if cls is None and isinstance(name, str):
-        cls = ALIASES.get(name.strip().lower().replace("-", "_"))
+    if cls is None and isinstance(name, str) and registry.lookup(name):
+        cls = registry.lookup(name).cls
     if cls is None:
         with keras.saving.custom_object_scope(local):
             cls = keras.saving.get_registered_object(
@@ -144,12 +183,27 @@ def _no_kwargs(identifier, kwargs):
 
 __all__ = [
     "Algorithm",
+    "Composite",
     "PerturbationAlgorithm",
     "NoPerturbation",
     "RandomSmoothing",
     "SharpnessAware",
     "SAM",
     "ASAM",
+    "GSAM",
+    "LookSAM",
+    "AESAM",
+    "RWP",
+    "ARWP",
+    "Step",
+    "StepContext",
+    "BuildContext",
+    "when",
+    "where",
+    "how",
+    "register",
+    "names",
+    "label",
     "get",
     "serialize",
     "deserialize",

@@ -1,16 +1,43 @@
-"""The contract every update rule follows, and argument validation."""
+"""The contract every update rule follows."""
 
-import collections.abc
+import typing
 
 import keras
-import tensorflow as tf
 
-from keras_flat import vector
-from keras_flat.validation import check_bool
 from keras_flat.validation import check_choice
-from keras_flat.validation import check_number
 
 PERTURBATION_SYNC_MODES = ("global", "replica")
+
+
+class _StepFields(typing.NamedTuple):
+    update: list
+    grad_norm: typing.Any
+    perturbed: typing.Any
+
+
+class Step(_StepFields):
+    """What an algorithm returns for one batch.
+
+    Unpacks as `update, grad_norm, perturbed` (the earlier three-tuple
+    contract) and carries the algorithm's state changes in `assignments`.
+
+    Attributes:
+        update: List of tensors the optimizer applies (this replica's
+            contribution, like the clean gradient it was given).
+        grad_norm: Whole-model norm of the clean gradient, as the
+            perturbation scope sees it (a scalar tensor).
+        perturbed: Scalar float32 tensor, 1.0 if the step took the
+            perturbed branch, else 0.0.
+        assignments: `(variable, value)` pairs of the algorithm's own state
+            (see `Algorithm.build`). `FlatMinimaModel.train_step` writes them
+            only when the step is applied, so a skipped step leaves the
+            algorithm's state as it was too.
+    """
+
+    def __new__(cls, update, grad_norm, perturbed, assignments=()):
+        self = super().__new__(cls, update, grad_norm, perturbed)
+        self.assignments = tuple(assignments)
+        return self
 
 
 @keras.saving.register_keras_serializable(package="keras_flat")
@@ -18,13 +45,19 @@ class Algorithm:
     """Base class of the update rules `FlatMinimaModel` runs.
 
     An algorithm turns the clean gradient of one batch into the gradient
-    the optimizer applies. It never touches variables, metrics or the
+    the optimizer applies. It never writes variables, metrics or the
     optimizer: `FlatMinimaModel.train_step` owns those and hands the
     algorithm a `GradientOracle`, which evaluates gradients of the same
-    batch at perturbed weights without writing any variable.
+    batch at perturbed weights without writing any variable. State an
+    algorithm keeps between steps (LookSAM's stored direction, AE-SAM's
+    running statistics) is created once by `build` and changed only through
+    the `assignments` of the `Step` it returns.
 
-    Subclasses implement `compute_update` and `get_config`; the arguments
-    of `__init__` are validated there, at construction time.
+    Most rules are compositions of small pieces (when to perturb, where the
+    perturbed point is, how the gradients combine): see
+    `keras_flat.algorithms.Composite`. Subclass `Algorithm` directly only
+    for a rule that does not fit that mould; implement `compute_update` and
+    `get_config`, and validate the arguments of `__init__` there.
 
     Args:
         perturbation_sync: `"global"` or `"replica"`; how the perturbation
@@ -45,6 +78,16 @@ class Algorithm:
             "perturbation_sync", perturbation_sync, PERTURBATION_SYNC_MODES
         )
 
+    def build(self, build):
+        """Creates the algorithm's state variables; called once before training.
+
+        Args:
+            build: A `keras_flat.algorithms.BuildContext`: the trainable
+                variables, their `Parameter`s, and `make_variable(name, shape,
+                dtype="float32")`, which returns a new non-trainable,
+                zero-initialised variable saved with the model.
+        """
+
     def compute_update(self, oracle, grads):
         """Returns the gradient to apply for one batch.
 
@@ -54,11 +97,7 @@ class Algorithm:
                 replica's contribution, loss scaling removed).
 
         Returns:
-            `(update, grad_norm, perturbed)`: the list of tensors to hand
-            to the optimizer (same convention as `grads`), the whole-model
-            norm of the clean gradient as the perturbation scope sees it,
-            and a scalar float32 tensor, 1.0 if the step took the perturbed
-            branch else 0.0.
+            A `Step` (or the tuple `(update, grad_norm, perturbed)`).
         """
         raise NotImplementedError(
             f"{type(self).__name__} must implement compute_update()."
@@ -84,161 +123,9 @@ class Algorithm:
         return hash((type(self).__name__, repr(self)))
 
 
-class PerturbationAlgorithm(Algorithm):
-    """Shared machinery of Algorithms 1 and 2 of Ahn, Jadbabaie & Sra.
-
-    Both rules take the paper's two-phase step: when the whole-model
-    gradient norm is at or below `tolerance`, they add to the gradient a
-    perturbation direction `v` (a gradient at a perturbed point with its
-    component along the clean gradient projected out) and scale the step
-    by `perturbed_lr_scale`; otherwise they take the plain gradient step.
-
-    Args:
-        rho: Perturbation radius, a finite number >= 0.
-        tolerance: The paper's ε0. `None` perturbs at every step; a number
-            >= 0 perturbs only when the clean whole-model gradient norm is
-            at or below it.
-        perturbed_lr_scale: η/η′, the ratio of the paper's step size of a
-            perturbed step to that of a plain step; the optimizer's
-            learning rate is η′. A finite number > 0.
-        project: Whether to project the perturbed gradient orthogonally to
-            the clean gradient, as the paper does.
-        perturbation_sync: See `Algorithm`.
-        interval: Perturb only on every `interval`-th training step (counted
-            by `optimizer.iterations`, starting with the first); the other
-            steps are plain. An integer >= 1; 1 (default) perturbs at every
-            step the tolerance allows. A cost knob: a step that does not
-            perturb costs one gradient evaluation.
-    """
-
-    def __init__(
-        self,
-        rho,
-        tolerance=None,
-        perturbed_lr_scale=1.0,
-        project=True,
-        perturbation_sync="global",
-        interval=1,
-    ):
-        super().__init__(perturbation_sync=perturbation_sync)
-        self.rho = check_number("rho", rho, minimum=0.0)
-        self.interval = check_interval(interval)
-        self.tolerance = (
-            None
-            if tolerance is None
-            else check_number("tolerance", tolerance, minimum=0.0)
-        )
-        self.perturbed_lr_scale = check_number(
-            "perturbed_lr_scale", perturbed_lr_scale, minimum=0.0,
-            inclusive=False,
-        )
-        self.project = check_bool("project", project)
-
-    def prepare(self, oracle, grads):
-        """Work of a step that must run whether or not it perturbs.
-
-        Runs outside the tolerance conditional, so it is where an algorithm
-        may use a collective (e.g. SA's draw of examples across replicas);
-        `perturbation`, which runs inside it, must not.
-
-        Returns:
-            Any structure, handed unchanged to `perturbation` as `state`.
-        """
-        return None
-
-    def perturbation(self, oracle, grads, direction, state):
-        """Returns the perturbation direction `v` of one perturbed step.
-
-        Args:
-            oracle: The `GradientOracle` of the batch.
-            grads: The clean gradient (this replica's contribution).
-            direction: The unit vector of the clean gradient as the
-                perturbation scope sees it (zero for a zero gradient), a
-                sequence of tensors computed when first read.
-            state: What `prepare` returned.
-
-        Returns:
-            A list of tensors in the convention of `grads`.
-        """
-        raise NotImplementedError(
-            f"{type(self).__name__} must implement perturbation()."
-        )
-
-    def compute_update(self, oracle, grads):
-        grads = list(grads)
-        state = self.prepare(oracle, grads)
-        view = oracle.global_view(grads, self.perturbation_sync)
-        grad_norm = vector.norm(view)
-
-        def perturbed_step():
-            # The unit vector is formed only if `perturbation` reads it: the
-            # projection below needs no gradient-sized copy of it.
-            direction = _LazyUnit(view)
-            v = self.perturbation(oracle, grads, direction, state)
-            if self.project:
-                step = vector.add_projected(grads, v, view)
-            else:
-                step = vector.add(grads, v)
-            if self.perturbed_lr_scale != 1.0:
-                step = vector.scale(step, self.perturbed_lr_scale)
-            return step
-
-        take = None
-        if self.tolerance is not None:
-            take = grad_norm <= tf.cast(self.tolerance, grad_norm.dtype)
-        take = due(oracle, self.interval, take)
-        if take is None:
-            return perturbed_step(), grad_norm, tf.constant(1.0)
-        update = tf.cond(take, perturbed_step, lambda: grads)
-        return list(update), grad_norm, tf.cast(take, tf.float32)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            rho=self.rho,
-            tolerance=self.tolerance,
-            perturbed_lr_scale=self.perturbed_lr_scale,
-            project=self.project,
-            interval=self.interval,
-        )
-        return config
-
-
-class _LazyUnit(collections.abc.Sequence):
-    """The list `vector.unit(tensors)[0]`, computed on first access."""
-
-    def __init__(self, tensors):
-        self._tensors = tensors
-        self._value = None
-
-    def _get(self):
-        if self._value is None:
-            self._value = vector.unit(self._tensors)[0]
-        return self._value
-
-    def __getitem__(self, index):
-        return self._get()[index]
-
-    def __len__(self):
-        return len(self._tensors)
-
-
-def check_interval(interval):
-    """Validates the `interval` argument of the perturbing algorithms."""
-    return check_number("interval", interval, minimum=1, integer=True)
-
-
-def due(oracle, interval, condition=None):
-    """Whether this step perturbs, as a scalar bool tensor, or None for "always".
-
-    Combines an optional data-dependent `condition` (a scalar bool tensor)
-    with the schedule "every `interval`-th step". The step count is the
-    optimizer's, a variable mirrored across replicas, so every replica takes
-    the same branch without a collective.
-    """
-    if interval == 1:
-        return condition
-    on_schedule = tf.equal(tf.math.floormod(oracle.step, interval), 0)
-    if condition is None:
-        return on_schedule
-    return tf.logical_and(condition, on_schedule)
+def as_step(result):
+    """A `Step` from what `compute_update` returned (a `Step` or a 3-tuple)."""
+    if isinstance(result, Step):
+        return result
+    update, grad_norm, perturbed = result
+    return Step(list(update), grad_norm, perturbed)

@@ -2,8 +2,8 @@
 
 import keras
 
-from keras_flat import vector
-from keras_flat.algorithms.base import PerturbationAlgorithm
+from keras_flat.algorithms import where
+from keras_flat.algorithms.perturbed_step import PerturbationAlgorithm
 from keras_flat.validation import check_bool
 
 
@@ -40,6 +40,12 @@ class RandomSmoothing(PerturbationAlgorithm):
             `keras_flat.algorithms.Algorithm`.
         interval: Perturb only on every `interval`-th step (1, the
             default, is the paper's rule); see `PerturbationAlgorithm`.
+        start: Perturb only from this point of training on; see
+            `PerturbationAlgorithm`.
+
+    Pieces: `where.SphereSample(rho, antithetic)`,
+    `how.AddOrthogonal(project, perturbed_lr_scale)` and the schedule of
+    `tolerance`, `interval` and `start`.
 
     Example:
 
@@ -56,6 +62,7 @@ class RandomSmoothing(PerturbationAlgorithm):
         antithetic=False,
         perturbation_sync="global",
         interval=1,
+        start=None,
     ):
         super().__init__(
             rho=rho,
@@ -64,17 +71,13 @@ class RandomSmoothing(PerturbationAlgorithm):
             project=project,
             perturbation_sync=perturbation_sync,
             interval=interval,
+            start=start,
         )
         self.antithetic = check_bool("antithetic", antithetic)
+        self.pieces()
 
-    def perturbation(self, oracle, grads, direction, state):
-        seed = oracle.seed("sphere", self.perturbation_sync)
-        offset = vector.sphere_like(oracle.variables, seed, self.rho)
-        _, h = oracle.gradient(offset=offset)
-        if self.antithetic:
-            _, behind = oracle.gradient(offset=vector.scale(offset, -1.0))
-            h = vector.scale(vector.add(h, behind), 0.5)
-        return h
+    def perturbation_piece(self):
+        return where.SphereSample(self.rho, self.antithetic)
 
     def get_config(self):
         config = super().get_config()

@@ -1,21 +1,17 @@
 """SAM and ASAM, the sharpness-aware baselines."""
 
 import keras
-import tensorflow as tf
 
-from keras_flat import vector
+from keras_flat.algorithms import how
+from keras_flat.algorithms import when
+from keras_flat.algorithms import where
 from keras_flat.algorithms.base import Algorithm
-from keras_flat.algorithms.base import check_interval
-from keras_flat.algorithms.base import due
+from keras_flat.algorithms.composite import Composite
 from keras_flat.validation import check_number
-
-# Variables ASAM does not rescale: biases and normalisation offsets, the
-# Keras counterparts of the parameters named "bias" in the reference code.
-_NON_ADAPTIVE_NAMES = ("bias", "beta")
 
 
 @keras.saving.register_keras_serializable(package="keras_flat")
-class SAM(Algorithm):
+class SAM(Composite):
     """Sharpness-Aware Minimization (Foret et al., arXiv 2010.01412).
 
     Each step evaluates the batch gradient `g`, moves to the worst-case
@@ -23,6 +19,9 @@ class SAM(Algorithm):
     there to the optimizer. A zero gradient gives a zero perturbation (the
     step is then a plain step). Cost: two gradient evaluations per step, or
     on average `1 + 1/interval` with `interval > 1`.
+
+    Pieces: `where.Ascent(rho)`, `how.Replace()`, and the schedule of
+    `interval` and `start`.
 
     Args:
         rho: Radius of the ascent step, a finite number >= 0. Defaults to
@@ -34,34 +33,33 @@ class SAM(Algorithm):
             step (counted by `optimizer.iterations`, starting with the
             first) and plain steps in between, as MosaicML Composer's SAM
             does. An integer >= 1; defaults to 1 (every step).
+        start: Take plain steps before this point of training: a step
+            (integer) or a fraction of the steps `fit` plans (float in
+            [0, 1)); see `when.StartingAt`. Defaults to None (from the
+            start).
 
     Example:
 
     >>> model = keras_flat.FlatMinimaModel(inner, SAM(rho=0.05))  # doctest: +SKIP
     """
 
-    def __init__(self, rho=0.05, perturbation_sync="global", interval=1):
-        super().__init__(perturbation_sync=perturbation_sync)
+    def __init__(self, rho=0.05, perturbation_sync="global", interval=1, start=None):
+        Algorithm.__init__(self, perturbation_sync=perturbation_sync)
         self.rho = check_number("rho", rho, minimum=0.0)
-        self.interval = check_interval(interval)
+        self.interval = when.check_interval(interval)
+        self.start = when.check_start(start)
+        self.pieces()
 
-    def ascent(self, oracle, view):
-        """`(ε, ‖view‖)`: the perturbation for the gradient `view`, and its norm."""
-        return vector.unit(view, self.rho)
+    def perturbation_piece(self):
+        return where.Ascent(self.rho)
 
-    def compute_update(self, oracle, grads):
-        view = oracle.global_view(list(grads), self.perturbation_sync)
-        offset, grad_norm = self.ascent(oracle, view)
-        take = due(oracle, self.interval)
-        if take is None:
-            return list(oracle.gradient(offset=offset)[1]), grad_norm, tf.constant(1.0)
-        update = tf.cond(take, lambda: list(oracle.gradient(offset=offset)[1]),
-                         lambda: list(grads))
-        return list(update), grad_norm, tf.cast(take, tf.float32)
+    def pieces(self):
+        return {"when": when.schedule(self.interval, start=self.start),
+                "where": self.perturbation_piece(), "how": how.Replace()}
 
     def get_config(self):
-        config = super().get_config()
-        config.update(rho=self.rho, interval=self.interval)
+        config = Algorithm.get_config(self)
+        config.update(rho=self.rho, interval=self.interval, start=self.start)
         return config
 
 
@@ -73,8 +71,12 @@ class ASAM(SAM):
     normalisation operator `T_w = |w| + eta`:
     `ε = rho * T_w² g / ‖T_w g‖`, which makes the sharpness it penalises
     invariant to rescaling the weights. As in the reference implementation,
-    `T_w` applies to kernels, embeddings and normalisation scales; biases and
-    normalisation offsets (variables named `bias` or `beta`) use `T_w = 1`.
+    `T_w` applies to kernels, embeddings and normalisation scales; offsets
+    (biases and normalisation `beta`s) use `T_w = 1`. Which variables are
+    offsets is read from the layers that own them (`keras_flat.structure`,
+    which also says how a custom layer declares its own).
+
+    Pieces: `where.ScaledAscent(rho, eta)`, `how.Replace()`.
 
     Args:
         rho: Radius of the ascent step, a finite number >= 0. Defaults to
@@ -84,45 +86,22 @@ class ASAM(SAM):
             `keras_flat.algorithms.Algorithm`.
         interval: Take the ASAM step only on every `interval`-th step; see
             `SAM`.
+        start: See `SAM`.
 
     Example:
 
     >>> model = keras_flat.FlatMinimaModel(inner, ASAM(rho=0.5))  # doctest: +SKIP
     """
 
-    def __init__(self, rho=0.5, eta=0.01, perturbation_sync="global", interval=1):
-        super().__init__(rho=rho, perturbation_sync=perturbation_sync, interval=interval)
+    def __init__(self, rho=0.5, eta=0.01, perturbation_sync="global", interval=1, start=None):
         self.eta = check_number("eta", eta, minimum=0.0)
+        super().__init__(rho=rho, perturbation_sync=perturbation_sync, interval=interval,
+                         start=start)
 
-    def ascent(self, oracle, view):
-        grad_norm = vector.norm(view)
-        # The norm first, so `view` may be overwritten by the scaled gradient
-        # instead of staying alive beside it.
-        with tf.control_dependencies([grad_norm]):
-            scales = []
-            for variable, value in zip(oracle.trainable_variables, oracle.variables):
-                if is_adaptive(variable):
-                    dtype = vector.compute_dtype(value.dtype)
-                    scales.append(tf.abs(tf.cast(value, dtype)) + self.eta)
-                else:
-                    scales.append(None)
-        scaled = [g if t is None else tf.cast(t, g.dtype) * g
-                  for g, t in zip(view, scales)]
-        direction, _ = vector.unit(scaled, self.rho)
-        out = []
-        for d, t in zip(direction, scales):
-            if t is not None:
-                d = tf.cast(tf.cast(d, t.dtype) * t, d.dtype)
-            out.append(d)
-        return out, grad_norm
+    def perturbation_piece(self):
+        return where.ScaledAscent(self.rho, self.eta)
 
     def get_config(self):
         config = super().get_config()
         config.update(eta=self.eta)
         return config
-
-
-def is_adaptive(variable):
-    """Whether ASAM rescales `variable` (kernels, embeddings, scales)."""
-    name = getattr(variable, "name", "") or ""
-    return name.split("/")[-1].split(":")[0] not in _NON_ADAPTIVE_NAMES

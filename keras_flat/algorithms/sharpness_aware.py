@@ -1,16 +1,11 @@
 """Algorithm 2 of Ahn, Jadbabaie & Sra: sharpness-aware perturbation."""
 
 import keras
-import tensorflow as tf
 
-from keras_flat import vector
-from keras_flat.algorithms.base import PerturbationAlgorithm
+from keras_flat.algorithms.example_direction import ExampleDirection
+from keras_flat.algorithms.perturbed_step import PerturbationAlgorithm
 from keras_flat.validation import check_bool
 from keras_flat.validation import check_number
-
-# Below this norm a per-example gradient counts as zero and the direction
-# is taken at a jittered point instead (the paper's Remark 2).
-_ZERO_NORM = 1e-30
 
 
 @keras.saving.register_keras_serializable(package="keras_flat")
@@ -74,6 +69,12 @@ class SharpnessAware(PerturbationAlgorithm):
             `keras_flat.algorithms.Algorithm`.
         interval: Perturb only on every `interval`-th step (1, the
             default, is the paper's rule); see `PerturbationAlgorithm`.
+        start: Perturb only from this point of training on; see
+            `PerturbationAlgorithm`.
+
+    Pieces: `where.ExampleDirection(rho, examples, jitter, center,
+    antithetic)`, `how.AddOrthogonal(project, perturbed_lr_scale)` and the
+    schedule of `tolerance`, `interval` and `start`.
 
     Example:
 
@@ -93,6 +94,7 @@ class SharpnessAware(PerturbationAlgorithm):
         antithetic=False,
         perturbation_sync="global",
         interval=1,
+        start=None,
     ):
         super().__init__(
             rho=rho,
@@ -101,6 +103,7 @@ class SharpnessAware(PerturbationAlgorithm):
             project=project,
             perturbation_sync=perturbation_sync,
             interval=interval,
+            start=start,
         )
         self.examples = check_number("examples", examples, minimum=1, integer=True)
         self.jitter = (
@@ -108,44 +111,15 @@ class SharpnessAware(PerturbationAlgorithm):
         )
         self.center = check_bool("center", center)
         self.antithetic = check_bool("antithetic", antithetic)
+        self.pieces()
 
     @property
     def jitter_radius(self):
         return 0.1 * self.rho if self.jitter is None else self.jitter
 
-    def prepare(self, oracle, grads):
-        # The draw may gather batch sizes across replicas: outside the
-        # tolerance conditional. Everything else runs only on perturbed steps.
-        sync = self.perturbation_sync
-        return oracle.sample_subset(self.examples, oracle.seed("examples", sync), sync)
-
-    def perturbation(self, oracle, grads, direction, state):
-        subset, sync = state, self.perturbation_sync
-        _, example_grads = oracle.gradient(subset=subset)
-        example_grads = list(example_grads)
-
-        def jittered():
-            offset = vector.sphere_like(
-                oracle.variables, oracle.seed("jitter", sync), self.jitter_radius
-            )
-            return list(oracle.gradient(offset=offset, subset=subset)[1])
-
-        # A replica-local condition with no collective inside. The examples
-        # all live on one replica (see GradientOracle.sample_subset), so the
-        # direction needs no communication: other replicas see zero.
-        needs_jitter = tf.logical_and(subset.active, vector.norm(example_grads) <= _ZERO_NORM)
-        direction_grads = tf.cond(needs_jitter, jittered, lambda: example_grads)
-        s, _ = vector.unit(list(direction_grads))
-        if self.antithetic:
-            _, ahead = oracle.gradient(offset=vector.scale(s, self.rho), subset=subset)
-            _, behind = oracle.gradient(offset=vector.scale(s, -self.rho), subset=subset)
-            h = vector.scale(vector.add(ahead, behind), 0.5)
-        else:
-            sign = vector.random_sign(oracle.seed("sign", sync))
-            _, h = oracle.gradient(offset=vector.scale(s, sign * self.rho), subset=subset)
-        if self.center:  # The examples' gradient at w itself, not at a jittered point.
-            h = vector.add(h, example_grads, -1.0)
-        return h
+    def perturbation_piece(self):
+        return ExampleDirection(self.rho, self.examples, self.jitter, self.center,
+                                self.antithetic)
 
     def get_config(self):
         config = super().get_config()

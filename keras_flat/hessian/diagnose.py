@@ -14,6 +14,8 @@ import re
 
 import tensorflow as tf
 
+from keras_flat import internals
+
 # Operations declared constant in their inputs: a path through them is not a
 # dependency (a user's stop_gradient is meant to give zero).
 _CONSTANT_OPS = ("StopGradient", "ZerosLike", "OnesLike")
@@ -131,9 +133,7 @@ def layer_of(model, op_name):
 
 
 def _layers(model):
-    if hasattr(model, "_flatten_layers"):
-        return [layer for layer in model._flatten_layers(include_self=False)]
-    return []
+    return [layer for layer in internals.flatten_layers(model) if layer is not model]
 
 
 def _variable_owner(variable):

@@ -91,7 +91,7 @@ class HessianOperator:
             raise TypeError(
                 f"Argument `loss` must be callable or None. Received: loss={loss!r}."
             )
-        if loss is None and getattr(model, "_compile_loss", None) is None:
+        if loss is None and getattr(model, "loss", None) is None:  # Public: set by compile.
             raise ValueError(
                 "The model has no loss to differentiate: compile it with a "
                 "`loss`, or pass `loss=` (a callable loss(y_true, y_pred))."
@@ -115,16 +115,23 @@ class HessianOperator:
 
     # ---- Loss ------------------------------------------------------------
 
-    def batch_loss(self, x, y, sample_weight):
+    def batch_loss(self, x, y, sample_weight, second_order=True):
         """The training loss on one batch (no variable is updated).
 
         The model runs in a `keras.StatelessScope` holding every variable's
         current value: BatchNorm statistics, seed states and loss-metric
         updates made by the call are discarded, and `add_loss` and activity
-        regularization terms are collected. Must run inside
-        `exact_second_derivatives()` (every measurement function does).
+        regularization terms are collected.
+
+        Args:
+            x, y, sample_weight: One batch.
+            second_order: Whether the loss will be differentiated twice; it
+                must then be traced inside `exact_second_derivatives()`
+                (every measurement function is), which is checked. False
+                for loss values alone (the landscape's surfaces).
         """
-        exact.check_active()
+        if second_order:
+            exact.check_active()
         mapping = [(v, v.value) for v in self.model.variables]
         with keras.StatelessScope(state_mapping=mapping, collect_losses=True):
             y_pred = self.model(x, training=self.training)

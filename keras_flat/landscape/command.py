@@ -98,7 +98,7 @@ def load_inputs(args, parser):
         except (ValueError, TypeError):
             parser.error(f"argument --loss: unknown Keras loss {args.loss!r}")
         model.compile(loss=loss)
-    elif getattr(model, "_compile_loss", None) is None:
+    elif getattr(model, "loss", None) is None:  # Set by compile.
         parser.error(f"argument MODEL: {args.model!r} was saved without a compiled loss; "
                      "pass --loss (e.g. --loss mse)")
     if not os.path.isfile(args.data):

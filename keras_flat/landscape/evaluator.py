@@ -86,7 +86,7 @@ class Evaluator:
             reset = {id(v): scope.get_current_value(v) for m in metrics for v in m.variables}
             loss = tf.zeros((), op.dtype)
             for weight, (x, y, sample_weight) in zip(op.batch_weights, op.batches):
-                loss += weight * op.batch_loss(x, y, sample_weight)
+                loss += weight * op.batch_loss(x, y, sample_weight, second_order=False)
                 if metrics:
                     y_pred = self.model(x, training=op.training)
                     self.model.compute_metrics(x, y, y_pred, sample_weight)

@@ -1,0 +1,179 @@
+"""How the clean and perturbed gradients combine into the update.
+
+A combiner returns `(update, carry)` from both branches of the schedule's
+conditional: `perturbed(ctx, h, state)` when the step perturbed (`h` is the
+gradient at the perturbed point), `plain(ctx, state)` otherwise. `carry` is
+a list of tensors (new values of the combiner's state, or `[]`) written by
+`assignments` only if the step is applied. Updates are in the oracle's
+convention (this replica's contribution).
+"""
+
+import keras
+import tensorflow as tf
+
+from keras_flat import vector
+from keras_flat.algorithms.piece import Combiner
+from keras_flat.validation import check_bool
+from keras_flat.validation import check_number
+
+
+@keras.saving.register_keras_serializable(package="keras_flat")
+class Replace(Combiner):
+    """The perturbed gradient replaces the clean one (SAM, ASAM)."""
+
+    def perturbed(self, ctx, h, state):
+        return list(h), []
+
+
+@keras.saving.register_keras_serializable(package="keras_flat")
+class AddOrthogonal(Combiner):
+    """`scale·(g + P⊥h)`: the clean gradient plus the perturbed one's new part.
+
+    Ahn, Jadbabaie & Sra's step (Algorithms 1 and 2): `P⊥` removes the
+    component along the clean gradient, so the perturbation moves along the
+    minima instead of fighting the descent.
+
+    Args:
+        project: Apply `P⊥` (the paper's rule).
+        scale: η/η′, the perturbed step size relative to the optimizer's
+            learning rate (which plain steps use), a finite number > 0.
+    """
+
+    def __init__(self, project=True, scale=1.0):
+        self.project = check_bool("project", project)
+        self.scale = check_number("perturbed_lr_scale", scale, minimum=0.0, inclusive=False)
+
+    def perturbed(self, ctx, h, state):
+        # `add_projected` needs no unit vector of the clean gradient, and
+        # writes each product over an input whose last use it is.
+        if self.project:
+            step = vector.add_projected(ctx.grads, h, ctx.view)
+        else:
+            step = vector.add(ctx.grads, h)
+        if self.scale != 1.0:
+            step = vector.scale(step, self.scale)
+        return step, []
+
+    def get_config(self):
+        return {"project": self.project, "scale": self.scale}
+
+
+@keras.saving.register_keras_serializable(package="keras_flat")
+class Mix(Combiner):
+    """`alpha·g + (1 - alpha)·h`, RWP's mixed loss (Li et al., arXiv 2211.11489).
+
+    The gradient of `alpha·L(w) + (1 - alpha)·L(w + ε)`.
+
+    Args:
+        alpha: Weight of the clean gradient, in [0, 1].
+    """
+
+    def __init__(self, alpha=0.5):
+        self.alpha = check_fraction("alpha", alpha)
+
+    def perturbed(self, ctx, h, state):
+        return vector.add(vector.scale(ctx.grads, self.alpha), h, 1.0 - self.alpha), []
+
+    def get_config(self):
+        return {"alpha": self.alpha}
+
+
+@keras.saving.register_keras_serializable(package="keras_flat")
+class SurrogateGap(Combiner):
+    """GSAM's update `h - alpha·g⊥` (Zhuang et al., ICLR 2022, arXiv 2203.08065).
+
+    `h` is the gradient at SAM's point and `g⊥ = g - <g, ĥ>ĥ` the part of
+    the clean gradient orthogonal to it. Descending `h` lowers the perturbed
+    loss; ascending along `g⊥` lowers the surrogate gap (perturbed minus
+    clean loss) without changing the perturbed loss to first order.
+
+    `ĥ` is the direction of the full-scale perturbed gradient (all-reduced
+    in `"global"` mode, after the conditional; `g⊥` is linear in `g`, so
+    contributions stay contributions).
+
+    Args:
+        alpha: A finite number >= 0; 0 is SAM.
+    """
+
+    def __init__(self, alpha=0.1):
+        self.alpha = check_number("alpha", alpha, minimum=0.0)
+
+    def perturbed(self, ctx, h, state):
+        return list(h), list(h)
+
+    def plain(self, ctx, state):
+        return list(ctx.grads), [tf.zeros_like(g) for g in ctx.grads]
+
+    def finish(self, ctx, update, carry, took, state):
+        h_direction, _ = vector.unit(ctx.global_view(carry))
+        gap = vector.add(update, vector.project_out_unit(ctx.grads, h_direction), -self.alpha)
+        return _select(took, gap, update), ()
+
+    def get_config(self):
+        return {"alpha": self.alpha}
+
+
+@keras.saving.register_keras_serializable(package="keras_flat")
+class Reuse(Combiner):
+    """LookSAM's reuse of the last SAM step between SAM steps (Liu et al., CVPR 2022).
+
+    On a perturbed step (a full SAM step) the update is the perturbed
+    gradient `h`, and the unit vector `v̂` of its component orthogonal to the
+    clean gradient is stored. On the steps in between the update is
+    `g + alpha·‖g‖·v̂`: the clean gradient plus the stored sharpness
+    direction at the current gradient's scale ("Towards Efficient and
+    Scalable Sharpness-Aware Minimization", arXiv 2203.02714). Before the
+    first SAM step `v̂ = 0`. Its state is one weight-sized vector.
+
+    In `"global"` mode under a strategy with several replicas, `v̂` comes
+    from the all-reduced orthogonal component, which is summed after the
+    conditional on every step (zeros on reuse steps).
+
+    Args:
+        alpha: A finite number >= 0.
+    """
+
+    def __init__(self, alpha=0.7):
+        self.alpha = check_number("alpha", alpha, minimum=0.0)
+
+    def init(self, build):
+        return {i: build.make_variable(f"direction_{i}", tuple(v.shape))
+                for i, v in enumerate(build.variables)}
+
+    def _stored(self, state):
+        return [tf.convert_to_tensor(state[i]) for i in range(len(state))]
+
+    def perturbed(self, ctx, h, state):
+        # The orthogonal part is linear in h: contributions sum to the global
+        # one. Projected against `view` itself: no unit vector of it is formed.
+        return list(h), vector.project_out(h, ctx.view)
+
+    def plain(self, ctx, state):
+        extra = vector.scale(self._stored(state), self.alpha * ctx.grad_norm)
+        extra = [tf.cast(e, g.dtype) for e, g in zip(extra, ctx.grads)]
+        return vector.add(ctx.grads, ctx.contribution(extra)), [tf.zeros_like(g)
+                                                                for g in ctx.grads]
+
+    def finish(self, ctx, update, carry, took, state):
+        direction, _ = vector.unit(ctx.global_view(carry))
+        stored = _select(took, direction, self._stored(state))
+        return update, tuple((state[i], tf.cast(v, state[i].dtype))
+                             for i, v in enumerate(stored))
+
+    def get_config(self):
+        return {"alpha": self.alpha}
+
+
+def _select(took, a, b):
+    """`a` where the step perturbed (`took`; None means always), else `b`."""
+    if took is None:
+        return list(a)
+    return [tf.where(took, tf.cast(x, y.dtype), y) for x, y in zip(a, b)]
+
+
+def check_fraction(name, value):
+    """Validates a number in [0, 1]."""
+    value = check_number(name, value, minimum=0.0)
+    if value > 1.0:
+        raise ValueError(f"Argument `{name}` must be <= 1. Received: {name}={value!r}.")
+    return value

@@ -1,0 +1,144 @@
+"""The base classes of the pieces algorithms are composed of."""
+
+import keras
+
+
+class Piece:
+    """One part of an update rule: when it perturbs, where, or how it combines.
+
+    Pieces hold only their (validated) arguments. State they keep between
+    steps is created by `init` and handed back to them at every step, and
+    they change it only by returning new values (see `Step.assignments`), so
+    the same piece can be used by several algorithms and traced many times.
+
+    Attributes:
+        STREAMS: The random streams the piece draws from, as
+            `{name: number}`. The number is folded into the step's seed, so
+            each stream is independent of every other one; numbers must be
+            unique within an algorithm (`Composite` checks).
+    """
+
+    STREAMS = {}
+
+    def init(self, build):
+        """Creates this piece's state; returns `{name: variable}` (default: none).
+
+        Args:
+            build: A `BuildContext`.
+        """
+        return {}
+
+    def get_config(self):
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __hash__(self):
+        return hash(repr(self))
+
+
+class Schedule(Piece):
+    """Decides whether a step perturbs (default: every step)."""
+
+    #: Whether `due` needs the planned number of steps of the current `fit`.
+    needs_plan = False
+
+    def due(self, ctx, state):
+        """`None` for "always", else a scalar bool tensor, equal on every replica."""
+        return None
+
+    def assignments(self, ctx, state):
+        """`(variable, value)` pairs that update this schedule's state."""
+        return ()
+
+
+class Perturbation(Piece):
+    """Evaluates the batch gradient at a perturbed point."""
+
+    def prepare(self, ctx, state):
+        """Work that runs on every step, outside the conditional (default: none)."""
+        return None
+
+    def gradient(self, ctx, prepared, state):
+        """The gradient `h` at the perturbed point (a list of tensors)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement gradient().")
+
+    def assignments(self, ctx, state):
+        """`(variable, value)` pairs updating this piece's state, every step."""
+        return ()
+
+
+class Combiner(Piece):
+    """Turns the gradients of a step into the update (default: the clean gradient).
+
+    `perturbed` and `plain` run inside the schedule's conditional and must
+    not use collectives; `finish` runs after it on every replica and may.
+    """
+
+    def perturbed(self, ctx, h, state):
+        """`(update, carry)` of a perturbed step; `h` is the perturbed gradient."""
+        raise NotImplementedError(f"{type(self).__name__} must implement perturbed().")
+
+    def plain(self, ctx, state):
+        """`(update, carry)` of a plain step; `carry` must match `perturbed`'s."""
+        return list(ctx.grads), []
+
+    def finish(self, ctx, update, carry, took, state):
+        """`(update, assignments)` after the conditional.
+
+        Args:
+            ctx: The `StepContext`.
+            update: The branch's update.
+            carry: The branch's carry.
+            took: Scalar bool tensor, whether the step perturbed, or None
+                (every step does).
+            state: This combiner's state.
+        """
+        return update, ()
+
+
+class BuildContext:
+    """What a piece may use to create its state, once, before training.
+
+    Attributes:
+        variables: The trainable variables the optimizer updates.
+        parameters: Their `keras_flat.structure.Parameter`s, in order.
+    """
+
+    def __init__(self, variables, parameters, make_variable, prefix=""):
+        self.variables = list(variables)
+        self.parameters = list(parameters)
+        self._make_variable = make_variable
+        self._prefix = prefix
+
+    def make_variable(self, name, shape, dtype="float32"):
+        """A new zero-initialised, non-trainable variable saved with the model."""
+        return self._make_variable(self._prefix + name, shape, dtype)
+
+    def prefixed(self, prefix):
+        """The same context, naming variables with an extra prefix."""
+        return BuildContext(self.variables, self.parameters, self._make_variable,
+                            self._prefix + prefix)
+
+
+def serialize(piece):
+    return keras.saving.serialize_keras_object(piece)
+
+
+def deserialize(config, kind):
+    """Rebuilds a piece from its config, checking it is a `kind`."""
+    piece = keras.saving.deserialize_keras_object(config)
+    if not isinstance(piece, kind):
+        raise ValueError(
+            f"Expected a {kind.__name__} config. Received: {config!r}."
+        )
+    return piece

@@ -1,0 +1,267 @@
+"""When a step perturbs: schedules and triggers.
+
+A schedule's `due(ctx, state)` returns `None` ("every step") or a scalar
+boolean tensor. It must be the same on every replica: it may depend on the
+step count (a mirrored variable) and, in `"global"` mode, on the
+all-reduced gradient, never on replica-local data. That is what lets a
+perturbed branch run collectives inside its conditional.
+"""
+
+import keras
+import tensorflow as tf
+
+from keras_flat.algorithms.piece import Schedule
+from keras_flat.algorithms.piece import deserialize
+from keras_flat.algorithms.piece import serialize
+from keras_flat.validation import check_number
+
+
+@keras.saving.register_keras_serializable(package="keras_flat")
+class Always(Schedule):
+    """Perturbs at every step."""
+
+
+@keras.saving.register_keras_serializable(package="keras_flat")
+class Every(Schedule):
+    """Perturbs on every `interval`-th step, counted by `optimizer.iterations`.
+
+    The count is saved with the optimizer, so the schedule survives save and
+    resume, and is mirrored across replicas, so they agree without a
+    collective. Step 0 perturbs.
+
+    Args:
+        interval: An integer >= 1; 1 perturbs at every step.
+    """
+
+    def __init__(self, interval=1):
+        self.interval = check_interval(interval)
+
+    def due(self, ctx, state):
+        if self.interval == 1:
+            return None
+        return tf.equal(tf.math.floormod(ctx.step, self.interval), 0)
+
+    def get_config(self):
+        return {"interval": self.interval}
+
+
+@keras.saving.register_keras_serializable(package="keras_flat")
+class GradNormAtMost(Schedule):
+    """Perturbs when the clean whole-model gradient norm is at most `tolerance`.
+
+    The paper's ε0 (Ahn, Jadbabaie & Sra): perturbations are for the phase
+    near a minimum. In `"global"` mode the norm is the all-reduced
+    gradient's, so every replica takes the same branch.
+
+    Args:
+        tolerance: A finite number >= 0.
+    """
+
+    def __init__(self, tolerance):
+        self.tolerance = check_number("tolerance", tolerance, minimum=0.0)
+
+    def due(self, ctx, state):
+        return ctx.grad_norm <= tf.cast(self.tolerance, ctx.grad_norm.dtype)
+
+    def get_config(self):
+        return {"tolerance": self.tolerance}
+
+
+@keras.saving.register_keras_serializable(package="keras_flat")
+class StartingAt(Schedule):
+    """Perturbs from a given point of training on (late-phase flatness).
+
+    Zhou et al., "Sharpness-Aware Minimization Efficiently Selects Flatter
+    Minima Late in Training" (ICLR 2025), find that SAM's effect on the
+    minimum comes mostly from the end of training; switching a rule on for
+    the last part of a run keeps much of it at a fraction of the cost.
+
+    Args:
+        start: An integer >= 0, the first step (`optimizer.iterations`) that
+            perturbs; or a float in [0, 1), the fraction of the steps `fit`
+            plans (epochs × steps per epoch) after which steps perturb. A
+            fraction needs `fit` to know its number of steps (arrays, a
+            finite dataset, or `steps_per_epoch`).
+    """
+
+    def __init__(self, start):
+        self.start = check_start(start)
+
+    @property
+    def needs_plan(self):
+        return isinstance(self.start, float)
+
+    def due(self, ctx, state):
+        if isinstance(self.start, float):
+            return ctx.progress >= tf.cast(self.start, ctx.progress.dtype)
+        return ctx.step >= tf.cast(self.start, ctx.step.dtype)
+
+    def get_config(self):
+        return {"start": self.start}
+
+
+@keras.saving.register_keras_serializable(package="keras_flat")
+class AdaptiveTrigger(Schedule):
+    """Perturbs when the squared gradient norm is large for this run (AE-SAM).
+
+    Jiang, Yang, Zhang & Kwok, "An Adaptive Policy to Employ Sharpness-Aware
+    Minimization" (ICLR 2023, arXiv 2304.14647): keep exponential moving
+    estimates `μ` and `σ²` of the mean and variance of `s = ‖g‖²` and
+    perturb when `s >= μ + c·σ`, i.e. in regions where the gradient is
+    unusually large (sharp). `c` moves linearly from `thresholds[0]` at the
+    start of `fit` to `thresholds[1]` at its end, so the fraction of
+    perturbed steps changes over training. The first step initialises
+    `μ = s`, `σ² = 0`.
+
+    Note that this triggers on a *large* gradient, the opposite of
+    `GradNormAtMost` (the paper of Ahn et al. perturbs near minima).
+
+    Args:
+        decay: The moving averages' forgetting factor δ in (0, 1).
+            Defaults to 0.9.
+        thresholds: `(c_start, c_end)`, or one number for a constant `c`.
+            Defaults to `(-1.0, 1.0)`; a constant needs no plan.
+    """
+
+    def __init__(self, decay=0.9, thresholds=(-1.0, 1.0)):
+        decay = check_number("decay", decay, minimum=0.0, inclusive=False)
+        if decay >= 1.0:
+            raise ValueError(f"Argument `decay` must be < 1. Received: decay={decay!r}.")
+        self.decay = decay
+        if isinstance(thresholds, (list, tuple)):
+            if len(thresholds) != 2:
+                raise ValueError(
+                    "Argument `thresholds` must be a number or a pair (start, end). "
+                    f"Received: thresholds={thresholds!r}."
+                )
+            thresholds = tuple(check_number("thresholds", t) for t in thresholds)
+        else:
+            thresholds = check_number("thresholds", thresholds)
+        self.thresholds = thresholds
+
+    @property
+    def needs_plan(self):
+        return isinstance(self.thresholds, tuple) and self.thresholds[0] != self.thresholds[1]
+
+    def init(self, build):
+        return {"mean": build.make_variable("norm_mean", ()),
+                "variance": build.make_variable("norm_variance", ()),
+                "count": build.make_variable("norm_count", ())}
+
+    def _statistics(self, ctx, state):
+        s = tf.cast(tf.square(ctx.grad_norm), tf.float32)
+        first = tf.equal(state["count"], 0.0)
+        mean = tf.where(first, s, self.decay * state["mean"] + (1 - self.decay) * s)
+        variance = tf.where(
+            first, 0.0,
+            self.decay * state["variance"] + (1 - self.decay) * tf.square(s - mean))
+        return s, mean, variance
+
+    def threshold(self, ctx):
+        """The current `c` (a float32 tensor)."""
+        if not isinstance(self.thresholds, tuple):
+            return tf.constant(self.thresholds, tf.float32)
+        begin, end = self.thresholds
+        progress = tf.clip_by_value(tf.cast(ctx.progress, tf.float32), 0.0, 1.0)
+        return begin + (end - begin) * progress
+
+    def due(self, ctx, state):
+        s, mean, variance = self._statistics(ctx, state)
+        return s >= mean + self.threshold(ctx) * tf.sqrt(variance)
+
+    def assignments(self, ctx, state):
+        _, mean, variance = self._statistics(ctx, state)
+        return ((state["mean"], mean), (state["variance"], variance),
+                (state["count"], state["count"] + 1.0))
+
+    def get_config(self):
+        thresholds = list(self.thresholds) if isinstance(self.thresholds, tuple) else (
+            self.thresholds)
+        return {"decay": self.decay, "thresholds": thresholds}
+
+
+@keras.saving.register_keras_serializable(package="keras_flat")
+class AllOf(Schedule):
+    """Perturbs when every one of `schedules` says so.
+
+    Args:
+        schedules: A list of `Schedule`s (or their configs).
+    """
+
+    def __init__(self, schedules):
+        self.schedules = [s if isinstance(s, Schedule) else deserialize(s, Schedule)
+                          for s in schedules]
+
+    @property
+    def needs_plan(self):
+        return any(s.needs_plan for s in self.schedules)
+
+    def init(self, build):
+        out = {}
+        for i, schedule in enumerate(self.schedules):
+            made = schedule.init(build.prefixed(f"{i}_"))
+            out.update({(i, k): v for k, v in made.items()})
+        return out
+
+    def _state(self, state, i):
+        return {k[1]: v for k, v in state.items() if k[0] == i}
+
+    def due(self, ctx, state):
+        take = None
+        for i, schedule in enumerate(self.schedules):
+            condition = schedule.due(ctx, self._state(state, i))
+            if condition is not None:
+                take = condition if take is None else tf.logical_and(take, condition)
+        return take
+
+    def assignments(self, ctx, state):
+        out = ()
+        for i, schedule in enumerate(self.schedules):
+            out += tuple(schedule.assignments(ctx, self._state(state, i)))
+        return out
+
+    def get_config(self):
+        return {"schedules": [serialize(s) for s in self.schedules]}
+
+
+def schedule(interval=1, tolerance=None, start=None):
+    """The schedule of the named rules' `interval`, `tolerance` and `start` arguments.
+
+    A step perturbs when the gradient norm allows it (`tolerance`), it is an
+    `interval`-th step, and training has reached `start`.
+    """
+    parts = []
+    if tolerance is not None:
+        parts.append(GradNormAtMost(tolerance))
+    if interval != 1:
+        parts.append(Every(interval))
+    if start is not None:
+        parts.append(StartingAt(start))
+    if not parts:
+        return Always()
+    return parts[0] if len(parts) == 1 else AllOf(parts)
+
+
+def check_interval(interval, name="interval"):
+    """Validates an `interval` argument: an integer >= 1."""
+    return check_number(name, interval, minimum=1, integer=True)
+
+
+def check_start(start):
+    """Validates a `start` argument: None, an integer >= 0 or a float in [0, 1)."""
+    if start is None:
+        return None
+    if isinstance(start, bool) or not isinstance(start, (int, float)):
+        raise TypeError(
+            "Argument `start` must be None, an integer step >= 0 or a fraction of "
+            f"training in [0, 1). Received: start={start!r} of type {type(start).__name__}."
+        )
+    if isinstance(start, int):
+        return check_number("start", start, minimum=0, integer=True)
+    start = check_number("start", start, minimum=0.0)
+    if start >= 1.0:
+        raise ValueError(
+            "Argument `start` as a fraction of training must be in [0, 1); give a step "
+            f"count as an integer. Received: start={start!r}."
+        )
+    return start
