@@ -127,11 +127,10 @@ def run(escape, name, weights, data, y_train, y_test, probe, budget, seed, lr):
     model = keras_flat.FlatMinimaModel(inner, algorithm, seed=seed)
     model.compile(optimizer=keras.optimizers.SGD(lr), loss="mse",
                   metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
-    per_epoch = len(data.x_train) // BATCH
     cost = 1.0 + (nominal_cost(algorithm) - 1.0) * expected_fraction(algorithm)
     epochs = max(1, int(round(budget / cost)))
     history = model.fit(data.x_train, y_train, batch_size=BATCH, epochs=epochs,
-                        steps_per_epoch=per_epoch, verbose=0).history
+                        verbose=0).history
     fraction = float(np.mean(history["perturbed"]))
     test = model.evaluate(data.x_test, y_test, verbose=0, return_dict=True)["accuracy"]
     return {"trace": trace_of(model, probe), "test": test, "fraction": fraction,
