@@ -52,8 +52,11 @@ def _train(name, sync, strategy=None, epochs=3, tolerance=None, x=None, y=None):
     return [np.array(v) for v in model.trainable_variables], history.history
 
 
-@pytest.mark.parametrize("name", ["none", "rs", pytest.param("sa", marks=pytest.mark.compat),
-                                  "sa_paper", "sam", "asam", "sam_every2"])
+# tests/test_invariants.py checks this for every registered rule in the default suite;
+# here SA (with and without its options) runs by default, the other rules in the slow suite.
+@pytest.mark.parametrize("name", [
+    pytest.param("sa", marks=pytest.mark.compat), "sa_paper",
+    *(pytest.param(n, marks=pytest.mark.slow) for n in ("none", "rs", "sam", "asam", "sam_every2"))])
 def test_global_sync_equals_single_device_training_on_the_global_batch(name):
     single, single_logs = _train(name, "global")
     mirrored, mirrored_logs = _train(name, "global", _strategy())
