@@ -82,11 +82,14 @@ class FlatMinimaModel(keras.Model):
             `keras_flat.algorithms.get`), a config dict, or `None` for plain
             training. Defaults to `"sa"`: Algorithm 2 of Ahn, Jadbabaie &
             Sra (arXiv 2305.15659) with its defaults (`rho=0.05`, one
-            example), the paper's rule, at about 1.1 times the cost of a
-            plain step on a CNN without BatchNorm. Measured by
-            `python -m benchmarks.efficiency` from the sharp minimum of
-            `examples/escape_sharp_minimum.py` at an equal budget of
-            gradient evaluations: DEFAULT_MEASUREMENT
+            example), the paper's rule, at 1.06 gradient evaluations per
+            step. Measured by `python -m benchmarks.efficiency` (3 seeds)
+            from the sharp minimum of `examples/escape_sharp_minimum.py`,
+            30 epochs' worth of batch gradients at SGD learning rate 0.02:
+            it lowers the Hessian trace from 36.7 to 30.0 and raises test
+            accuracy from 84.2% to 86.8%, where the former default (RS at
+            `rho=0.05`) ends at 36.3 and 84.4% at twice the cost per step,
+            no better than plain SGD (35.8, 84.4%).
         seed: Integer >= 0 seeding the perturbations, or `None` for a random
             seed (recorded in the config).
         on_nonfinite: What a step whose loss or update is NaN or Inf does.
