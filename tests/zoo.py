@@ -103,30 +103,27 @@ def transformer(dropout=0.0, classes=3, dim=4, heads=2):
     return keras.Model(tokens, outputs, name="transformer")
 
 
-def lstm_text(dropout=0.0, classes=3):
-    """Token embedding, LSTM, classifier."""
+def _recurrent_text(cell, name, dropout, classes):
+    """Token embedding, a recurrent layer of type `cell`, classifier."""
     return keras.Sequential([
         keras.Input((SEQ,), dtype="int32"),
         L.Embedding(VOCAB, 4, embeddings_initializer=keras.initializers.RandomNormal(
             stddev=0.5, seed=0)),
-        L.LSTM(5, kernel_initializer=keras.initializers.GlorotUniform(seed=1),
-               recurrent_initializer=keras.initializers.Orthogonal(seed=2)),
+        cell(5, kernel_initializer=keras.initializers.GlorotUniform(seed=1),
+             recurrent_initializer=keras.initializers.Orthogonal(seed=2)),
         L.Dropout(dropout),
         L.Dense(classes, **_seeded(3)),
-    ], name="lstm_text")
+    ], name=name)
+
+
+def lstm_text(dropout=0.0, classes=3):
+    """Token embedding, LSTM, classifier."""
+    return _recurrent_text(L.LSTM, "lstm_text", dropout, classes)
 
 
 def gru_text(dropout=0.0, classes=3):
     """Token embedding, GRU, classifier."""
-    return keras.Sequential([
-        keras.Input((SEQ,), dtype="int32"),
-        L.Embedding(VOCAB, 4, embeddings_initializer=keras.initializers.RandomNormal(
-            stddev=0.5, seed=0)),
-        L.GRU(5, kernel_initializer=keras.initializers.GlorotUniform(seed=1),
-              recurrent_initializer=keras.initializers.Orthogonal(seed=2)),
-        L.Dropout(dropout),
-        L.Dense(classes, **_seeded(3)),
-    ], name="gru_text")
+    return _recurrent_text(L.GRU, "gru_text", dropout, classes)
 
 
 def groupnorm_cnn(dropout=0.0, classes=3):
