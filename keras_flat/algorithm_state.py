@@ -21,6 +21,7 @@ class AlgorithmState(keras.layers.Layer):
         self.seeds = StepSeeds(self.add_weight(
             shape=(2,), dtype="int64", initializer=keras.initializers.Constant([seed, 0]),
             trainable=False, aggregation="none", name="seed_state"))
+        self._state_names = []
         self.built = True
 
     def make_variable(self, name, shape, dtype="float32"):
@@ -30,8 +31,20 @@ class AlgorithmState(keras.layers.Layer):
         replicas' values are averaged (they are identical in `"global"`
         mode).
         """
-        return self.add_weight(shape=tuple(shape), dtype=dtype, initializer="zeros",
-                               trainable=False, aggregation="mean", name=name)
+        variable = self.add_weight(shape=tuple(shape), dtype=dtype, initializer="zeros",
+                                   trainable=False, aggregation="mean", name=name)
+        # Held as an attribute too, so `reset` can drop it the way Keras drops
+        # a deleted attribute's variable (no longer saved or listed).
+        name = f"_state_{len(self._state_names)}"
+        setattr(self, name, variable)
+        self._state_names.append(name)
+        return variable
+
+    def reset(self):
+        """Drops every variable `make_variable` created (before a rebuild)."""
+        for name in self._state_names:
+            delattr(self, name)
+        self._state_names = []
 
     def call(self, inputs):
         return inputs

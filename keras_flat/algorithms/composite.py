@@ -8,6 +8,7 @@ from keras_flat.algorithms.context import StepContext
 from keras_flat.algorithms.how import Replace
 from keras_flat.algorithms.piece import Combiner
 from keras_flat.algorithms.piece import Perturbation
+from keras_flat.algorithms.piece import PerVariable
 from keras_flat.algorithms.piece import Schedule
 from keras_flat.algorithms.piece import deserialize
 from keras_flat.algorithms.piece import serialize
@@ -77,16 +78,17 @@ class Composite(Algorithm):
         self.state = {role: piece.init(build.prefixed(f"{role}_"))
                       for role, piece in self.pieces().items()}
 
-    def _state(self, role):
+    def _state(self, role, variables):
+        """The state of `role` for a step that updates `variables`."""
         state = getattr(self, "state", None)
         if state is None:
             return {}
-        return state[role]
+        return _select(state[role], variables)
 
     def compute_update(self, oracle, grads):
         pieces = self.pieces()
         when, where, how = pieces["when"], pieces["where"], pieces["how"]
-        states = {role: self._state(role) for role in ROLES}
+        states = {role: self._state(role, oracle.trainable_variables) for role in ROLES}
         ctx = StepContext(oracle, grads, self.perturbation_sync)
         prepared = where.prepare(ctx, states["where"])
         take = when.due(ctx, states["when"])
@@ -118,6 +120,14 @@ class Composite(Algorithm):
             if isinstance(config.get(role), dict):
                 config[role] = deserialize(config[role], kind)
         return cls(**config)
+
+
+def _select(state, variables):
+    """`state` with every `PerVariable` part narrowed to `variables`."""
+    if isinstance(state, PerVariable):
+        return state.select(variables)
+    return {k: v.select(variables) if isinstance(v, PerVariable) else v
+            for k, v in state.items()}
 
 
 def _piece(role, piece, kind):

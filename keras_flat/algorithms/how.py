@@ -137,8 +137,8 @@ class Reuse(Combiner):
         self.alpha = check_number("alpha", alpha, minimum=0.0)
 
     def init(self, build):
-        return {i: build.make_variable(f"direction_{i}", tuple(v.shape))
-                for i, v in enumerate(build.variables)}
+        return build.per_variable(
+            lambda i, v, p: build.make_variable(f"direction_{i}", tuple(v.shape)))
 
     def _stored(self, state):
         return [tf.convert_to_tensor(state[i]) for i in range(len(state))]

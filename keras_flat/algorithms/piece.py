@@ -106,6 +106,36 @@ class Combiner(Piece):
         return update, ()
 
 
+class PerVariable(dict):
+    """State with one entry per trainable variable, keyed by its position.
+
+    Built by `BuildContext.per_variable` for the variables of the build; at
+    each step `Composite` hands the piece the entries of the variables that
+    step updates, keyed by their position among them (a variable the loss
+    does not reach has no gradient and is left out of a step).
+    """
+
+    def __init__(self, entries, variables):
+        super().__init__(entries)
+        self._index = {id(v): i for i, v in enumerate(variables)}
+
+    def select(self, variables):
+        """The entries of `variables`, keyed by their position in that list.
+
+        Raises:
+            RuntimeError: if a variable was not among those of the build.
+        """
+        try:
+            positions = [self._index[id(v)] for v in variables]
+        except KeyError:
+            raise RuntimeError(
+                "The trainable variables changed after the algorithm's state was "
+                "built. Call `compile()` again after changing `trainable`, as Keras "
+                "requires, and the state is rebuilt for the new variables."
+            ) from None
+        return PerVariable({j: self[i] for j, i in enumerate(positions)}, variables)
+
+
 class BuildContext:
     """What a piece may use to create its state, once, before training.
 
@@ -123,6 +153,16 @@ class BuildContext:
     def make_variable(self, name, shape, dtype="float32"):
         """A new zero-initialised, non-trainable variable saved with the model."""
         return self._make_variable(self._prefix + name, shape, dtype)
+
+    def per_variable(self, make):
+        """State with one entry per trainable variable: a `PerVariable`.
+
+        Args:
+            make: `make(i, variable, parameter)` returns the entry of the
+                `i`-th variable (e.g. `self.make_variable(...)`).
+        """
+        return PerVariable({i: make(i, v, p) for i, (v, p) in
+                            enumerate(zip(self.variables, self.parameters))}, self.variables)
 
     def prefixed(self, prefix):
         """The same context, naming variables with an extra prefix."""

@@ -162,8 +162,8 @@ class FilterGaussian(Perturbation):
         if not self.adaptive:
             return {}
         # One accumulator per filter (a vector is a single filter).
-        return {i: build.make_variable(f"fisher_{i}", _filter_shape(p))
-                for i, p in enumerate(build.parameters)}
+        return build.per_variable(
+            lambda i, v, p: build.make_variable(f"fisher_{i}", _filter_shape(p)))
 
     def _fisher(self, ctx, state, i, grad):
         axes = ctx.parameters()[i].reduce_axes
