@@ -65,3 +65,17 @@ def check_symbolic_build_hook():
     if not {"iterator", "data_batch"} <= set(parameters):
         raise _missing("Model._maybe_symbolic_build(iterator=..., data_batch=...)",
                        f"its parameters are {list(parameters)}")
+
+
+def share_compiled_loss(source, target):
+    """Makes `target.compute_loss` use the loss compiled on `source`.
+
+    `keras.Model.compute_loss` reads the compiled loss from
+    `Trainer._compile_loss`. A wrapped model that overrides `compute_loss`
+    and calls the base method (Keras's recommended pattern) needs the
+    wrapper's compiled loss there, since only the wrapper is compiled.
+    """
+    if not (hasattr(source, "_compile_loss") and hasattr(target, "_compile_loss")):
+        raise _missing("Trainer._compile_loss (the loss compile() builds)",
+                       "read by Model.compute_loss of a wrapped model that overrides it")
+    target._compile_loss = source._compile_loss

@@ -1,5 +1,6 @@
 """`FlatMinimaModel`: trains any Keras model toward flat minima with `fit()`."""
 
+import inspect
 import random
 
 import keras
@@ -57,7 +58,21 @@ class FlatMinimaModel(keras.Model):
     e.g. a pretrained backbone under a new head) is never perturbed or
     written, and every norm, inner product, projection and random sample of
     the algorithms is taken over the trainable variables alone. A frozen
-    BatchNormalization runs in inference mode, as in Keras.
+    BatchNormalization runs in inference mode, as in Keras. When the
+    trainable set changes (unfreeze or freeze, then `compile` again, as
+    Keras requires), the algorithm's state sized by it is created afresh at
+    the next `fit`.
+
+    The inner model's `compute_loss`, if it overrides it, is the loss of
+    every pass (the loss compiled on the wrapper is what its
+    `super().compute_loss` reads). An inner model that overrides
+    `train_step` is refused: this class replaces the training step. Random
+    layers (augmentation, Dropout, GaussianNoise) draw in the perturbed
+    passes what they drew in the clean pass.
+
+    For serving, `export()` writes the inner model (see
+    `keras.Model.export`); `.inner` is the trained Keras model. A saved
+    `FlatMinimaModel` loads after `import keras_flat`, which registers it.
 
     The step needs first derivatives only, and those are exact through every
     Keras layer (the `stop_gradient` inside TensorFlow's moments, which
@@ -119,12 +134,7 @@ class FlatMinimaModel(keras.Model):
     def __init__(self, model, algorithm="sa", *, seed=None, on_nonfinite="skip", **kwargs):
         model_kwargs = {k: kwargs.pop(k) for k in _MODEL_KWARGS if k in kwargs}
         on_nonfinite = check_choice("on_nonfinite", on_nonfinite, guard.ON_NONFINITE)
-        if not isinstance(model, keras.Model):
-            raise TypeError(
-                "Argument `model` must be a keras.Model (Sequential, "
-                f"functional or subclassed). Received: model={model!r} of "
-                f"type {type(model).__name__}."
-            )
+        _check_inner(model)
         algorithm = algorithms_module.get(algorithm, **kwargs)
         if seed is None:
             seed = random.randint(0, 2**31 - 1)
@@ -137,32 +147,73 @@ class FlatMinimaModel(keras.Model):
         self.step_statistics = StepStatistics(skipped=on_nonfinite != "ignore")
         self.algorithm_state = AlgorithmState(seed=seed, name="algorithm_state")
         self.seed_generator = self.algorithm_state.seeds
-        self._algorithm_built = False
+        # The trainable variables the algorithm's state was built for (ids).
+        self._algorithm_built_for = None
         if model.built:
             self.built = True
             self._build_algorithm()
 
     def _build_algorithm(self):
-        """Creates the algorithm's state once the trainable variables exist.
+        """Creates the algorithm's state for the current trainable variables.
 
-        Called at construction for a built model, else before the training
-        function is made (under a strategy Keras builds the model first), or
-        in the first trace of `train_step` (without one, Keras builds there).
+        Called at construction for a built model, before each new training
+        function is made (under a strategy Keras builds the model first; after
+        `compile`, the trainable set may have changed: a backbone frozen or
+        unfrozen for fine-tuning), and in the first trace of `train_step`
+        (without a strategy, Keras builds an unbuilt model there). State sized
+        by the trainable variables (LookSAM's stored direction, ARWP's
+        per-filter sums) is created afresh when the set has changed.
         """
-        if self._algorithm_built or not self.inner.built:
+        if not self.inner.built:
             return
         variables = list(self.inner.trainable_variables)
-        self._algorithm_built = True
+        signature = tuple(id(v) for v in variables)
+        if signature == self._algorithm_built_for:
+            return
+        if self._algorithm_built_for is not None:
+            if tf.inside_function():
+                raise RuntimeError(
+                    "The trainable variables changed since the training function was "
+                    "made. Call `compile()` again after changing `trainable`, as Keras "
+                    "requires; the algorithm's state is then rebuilt."
+                )
+            self.algorithm_state.reset()
         table = structure.parameters_by_id(self.inner)
         build = BuildContext(variables, [table[id(v)] for v in variables],
                              self.algorithm_state.make_variable)
         self.algorithm.build(build)
+        self._algorithm_built_for = signature
 
     def make_train_function(self, force=False):
-        strategy = self.distribute_strategy
-        with strategy.scope():
-            self._build_algorithm()
+        if self.train_function is None or force:  # It will be traced anew.
+            with self.distribute_strategy.scope():
+                self._build_algorithm()
         return super().make_train_function(force=force)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The training loss: the inner model's `compute_loss` if it overrides it.
+
+        Otherwise Keras's: the compiled loss plus regularization losses.
+        """
+        if not _overrides(self.inner, "compute_loss"):
+            return super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                                        training=training)
+        # When the inner model's compute_loss calls Model.compute_loss, that
+        # reads the compiled loss: the one compiled here.
+        internals.share_compiled_loss(self, self.inner)
+        kwargs = {}
+        if "training" in inspect.signature(self.inner.compute_loss).parameters:
+            kwargs["training"] = training
+        return self.inner.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                                       **kwargs)
+
+    def export(self, filepath, *args, **kwargs):
+        """Exports the inner model for serving (see `keras.Model.export`).
+
+        The artifact serves the inner model's inference function, which is
+        what `predict` runs; nothing of the training rule is in it.
+        """
+        return self.inner.export(filepath, *args, **kwargs)
 
     def call(self, inputs, training=None):
         return self.inner(inputs, training=training)
@@ -180,12 +231,18 @@ class FlatMinimaModel(keras.Model):
     def _clean_pass(self, x, y, sample_weight):
         """Step 1: the forward pass (the only one that writes state) and its gradient."""
         clean = _CleanPass(scale=loss_scale(self.optimizer))
+        # The forward pass writes BatchNorm statistics and the seeds of random
+        # layers (Dropout, augmentation); the step's own seed counter advances
+        # too. Their values before it are what a skipped step restores, and
+        # what the perturbed passes see, so random layers draw there exactly
+        # what they drew in the clean pass.
+        forward = guard.forward_state(self.inner)
         if self.on_nonfinite != "ignore":
-            # The forward pass writes BatchNorm statistics and layers' seeds;
-            # the step's own seed counter advances too (a skipped step is undone).
-            clean.guard = guard.StepGuard(
-                guard.forward_state(self.inner) + [self.seed_generator.state])
+            clean.guard = guard.StepGuard(forward + [self.seed_generator.state])
             clean.saved = clean.guard.snapshot()
+            clean.forward = list(zip(forward, clean.saved))
+        elif self.algorithm.perturbs:
+            clean.forward = list(zip(forward, guard.StepGuard(forward).snapshot()))
         if self.algorithm.perturbs:
             clean.statistics = BatchStatistics(self.inner)
         with tf.GradientTape() as tape:
@@ -201,7 +258,8 @@ class FlatMinimaModel(keras.Model):
         )
         # Read after the forward pass: an unbuilt model creates them there.
         variables = self.trainable_variables
-        self._build_algorithm()
+        if self._algorithm_built_for is None:
+            self._build_algorithm()
         if variables:
             grads = tape.gradient(scaled_loss, variables)
             connected = [i for i, g in enumerate(grads) if g is not None]
@@ -222,7 +280,7 @@ class FlatMinimaModel(keras.Model):
             self, x, y, sample_weight, clean.variables, seed=seed, scale=clean.scale,
             step=self.optimizer.iterations,
             planned_steps=self.algorithm_state.planned_steps,
-            statistics=clean.statistics,
+            statistics=clean.statistics, state=clean.forward,
         )
 
     def _apply(self, clean, step):
@@ -369,6 +427,35 @@ class _PlanRecorder(keras.callbacks.Callback):
         self.model.algorithm_state.planned_steps.assign(planned)
 
 
+def _overrides(model, method):
+    """Whether `model`'s class overrides `keras.Model`'s `method`."""
+    return getattr(type(model), method) is not getattr(keras.Model, method)
+
+
+def _check_inner(model):
+    """Raises a clear error for a model `FlatMinimaModel` cannot wrap faithfully."""
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            "Argument `model` must be a keras.Model (Sequential, "
+            f"functional or subclassed). Received: model={model!r} of "
+            f"type {type(model).__name__}."
+        )
+    if isinstance(model, FlatMinimaModel):
+        raise ValueError(
+            "Argument `model` is already a FlatMinimaModel (with algorithm "
+            f"{model.algorithm!r}); wrapping it again would ignore its rule. Wrap "
+            "its inner model instead: FlatMinimaModel(model.inner, ...)."
+        )
+    if _overrides(model, "train_step"):
+        raise ValueError(
+            f"Argument `model` ({type(model).__name__}) overrides `train_step`, which "
+            "FlatMinimaModel replaces with its own (a clean pass, the rule's perturbed "
+            "passes, one optimizer update), so yours would never run. Move the loss "
+            "into `compute_loss` (FlatMinimaModel calls the inner model's "
+            "`compute_loss` in every pass) and the rest into layers or callbacks."
+        )
+
+
 def _with(callbacks, extra):
     callbacks = list(callbacks or [])
     for callback in extra:
@@ -419,6 +506,7 @@ class _CleanPass:
         self.guard = None  # A `guard.StepGuard` of the forward-pass state, if protected.
         self.saved = None  # Its snapshot.
         self.statistics = None  # The batch statistics, for an algorithm that perturbs.
+        self.forward = []  # (variable, value before the forward pass) of its state.
         self.y_pred = None
         self.loss = None
         self.variables = []  # The trainable variables the loss depends on.

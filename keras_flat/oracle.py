@@ -51,11 +51,18 @@ class GradientOracle:
             × steps per epoch), or 0 when unknown.
         statistics: The clean pass's `keras_flat.batch_statistics.BatchStatistics`,
             or None.
+        state: `(variable, value)` pairs: the non-trainable state the clean
+            forward pass wrote (BatchNorm statistics, the seeds of Dropout
+            and augmentation layers), with the values it had before that
+            pass. Every evaluation starts from them, so random layers draw
+            what they drew in the clean pass (on the same examples: a subset
+            of examples is a different shape, and draws its own numbers,
+            the same in every evaluation of the step).
     """
 
     def __init__(
         self, model, x, y, sample_weight, trainable_variables, seed, scale=None,
-        step=None, planned_steps=None, statistics=None,
+        step=None, planned_steps=None, statistics=None, state=(),
     ):
         self._scale = scale
         self._step = step
@@ -67,6 +74,7 @@ class GradientOracle:
         self.trainable_variables = list(trainable_variables)
         self._values = None
         self._seed = seed
+        self._state = list(state)
         strategy = tf.distribute.get_strategy()
         self.num_replicas = strategy.num_replicas_in_sync
         # With batch statistics a few examples alone are a different function
@@ -221,7 +229,7 @@ class GradientOracle:
         values = list(self.variables)
         if offset is not None:
             values = vector.add(values, offset)
-        mapping = list(zip(self.trainable_variables, values))
+        mapping = self._state + list(zip(self.trainable_variables, values))
         if subset is not None:
             x, y, sample_weight = subset.take(x, y, sample_weight)
             if subset.statistics is not None:
