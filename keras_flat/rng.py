@@ -188,10 +188,13 @@ def normal_pieces(sizes, seed, dtype=tf.float32):
     `normal([sum(sizes)], seed)` bit for bit. Entry `j` of that draw comes
     from the uniforms at counters `k` and `k + pairs`, `pairs = ceil(d / 2)`,
     with `k = j` in the first half (its cosine) and `k = j - pairs` in the
-    second (its sine); so each piece is computed from its
-    own counters, chunk after chunk (each chunk starts when the previous one
-    is done), so the memory beyond the pieces themselves is one chunk's
-    temporaries and the chunks of the piece being assembled.
+    second (its sine). Consecutive pieces are grouped into runs of at most
+    `_CHUNK` entries (a larger piece is a run of its own); each run is
+    computed from its own counters, chunk after chunk (each chunk starts when
+    the previous one is done), and split into its pieces. So the memory
+    beyond the pieces themselves is one chunk's temporaries and the run
+    being assembled, and the graph holds a few operations per run, not per
+    piece: a model's hundreds of small tensors trace as one draw.
 
     Args:
         sizes: Python ints, the lengths of the pieces.
@@ -205,19 +208,34 @@ def normal_pieces(sizes, seed, dtype=tf.float32):
     pairs = (sum(sizes) + 1) // 2
     chunks = _Chunks(seed, pairs)
     out, start = [], 0
-    for n in sizes:
+    for run in _runs(sizes):
+        length = sum(run)
         parts = []
         if start < pairs:  # The cosine half.
-            parts += chunks.half(start, min(start + n, pairs), tf.cos)
-        if start + n > pairs:  # The sine half.
-            parts += chunks.half(max(start, pairs) - pairs, start + n - pairs, tf.sin)
+            parts += chunks.half(start, min(start + length, pairs), tf.cos)
+        if start + length > pairs:  # The sine half.
+            parts += chunks.half(max(start, pairs) - pairs, start + length - pairs, tf.sin)
         if not parts:
-            piece = tf.zeros([0], tf.float32)
+            values = tf.zeros([0], tf.float32)
         else:
-            piece = parts[0] if len(parts) == 1 else tf.concat(parts, 0)
-        out.append(tf.cast(piece, dtype))
-        start += n
+            values = parts[0] if len(parts) == 1 else tf.concat(parts, 0)
+        pieces = tf.split(values, run) if len(run) > 1 else [values]
+        out += [tf.cast(piece, dtype) for piece in pieces]
+        start += length
     return out
+
+
+def _runs(sizes):
+    """`sizes` cut into consecutive runs of total at most `_CHUNK` (or one piece)."""
+    runs, current = [], []
+    for n in sizes:
+        if current and sum(current) + n > _CHUNK:
+            runs.append(current)
+            current = []
+        current.append(n)
+    if current:
+        runs.append(current)
+    return runs
 
 
 class _Chunks:
