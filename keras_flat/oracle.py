@@ -75,6 +75,7 @@ class GradientOracle:
         self._values = None
         self._seed = seed
         self._state = list(state)
+        self._evaluations = {}
         strategy = tf.distribute.get_strategy()
         self.num_replicas = strategy.num_replicas_in_sync
         # With batch statistics a few examples alone are a different function
@@ -215,6 +216,12 @@ class GradientOracle:
     def gradient(self, offset=None, subset=None):
         """Loss and gradient at `w + offset`, on the batch or a subset of it.
 
+        Every call of one step runs the same traced function (one per
+        evaluation mode: the batch and masked subsets in training mode,
+        gathered subsets with fixed batch statistics in inference mode), so
+        a rule that evaluates several gradients traces the model once more,
+        not once per gradient.
+
         Args:
             offset: `None` or a list of tensors shaped like the trainable
                 variables.
@@ -225,17 +232,43 @@ class GradientOracle:
             and a list of gradient tensors, one per trainable variable.
         """
         x, y, sample_weight = self._x, self._y, self._sample_weight
-        training = True
         values = list(self.variables)
         if offset is not None:
             values = vector.add(values, offset)
-        mapping = self._state + list(zip(self.trainable_variables, values))
+        fixed = None
         if subset is not None:
             x, y, sample_weight = subset.take(x, y, sample_weight)
-            if subset.statistics is not None:
-                mapping += subset.statistics
-                training = False
+            fixed = subset.statistics
+        loss, grads = self._evaluation(fixed)(values, x, y, sample_weight)
+        if subset is not None and subset.scale != 1.0:
+            # Only the replica holding the examples contributes: the others
+            # would otherwise add their share of the regularization losses.
+            loss = tf.where(subset.active, loss * tf.cast(subset.scale, loss.dtype),
+                            tf.zeros_like(loss))
+            grads = [tf.where(subset.active, g * tf.cast(subset.scale, g.dtype),
+                              tf.zeros_like(g)) for g in grads]
+        return loss, grads
+
+    def _evaluation(self, fixed):
+        """The compiled `(values, x, y, sample_weight) -> (loss, grads)` of a mode.
+
+        `fixed` is None (training mode) or the `(variable, value)` pairs of
+        batch statistics an inference-mode evaluation normalises by.
+        """
+        key = None if fixed is None else "fixed statistics"
+        if key not in self._evaluations:
+            mapping = self._state + list(fixed or [])
+            training = fixed is None
+
+            def evaluate(values, x, y, sample_weight):
+                return self._loss_and_gradient(values, x, y, sample_weight, mapping, training)
+
+            self._evaluations[key] = tf.function(evaluate)
+        return self._evaluations[key]
+
+    def _loss_and_gradient(self, values, x, y, sample_weight, mapping, training):
         model = self._model
+        mapping = mapping + list(zip(self.trainable_variables, values))
         with tf.GradientTape() as tape:
             tape.watch(values)
             with keras.StatelessScope(state_mapping=mapping, collect_losses=True):
@@ -244,11 +277,6 @@ class GradientOracle:
                     x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
                     training=True,
                 )
-            if subset is not None and subset.scale != 1.0:
-                # Only the replica holding the examples contributes: the others
-                # would otherwise add their share of the regularization losses.
-                loss = tf.where(subset.active, loss * tf.cast(subset.scale, loss.dtype),
-                                tf.zeros_like(loss))
             scaled = loss if self._scale is None else loss * tf.cast(
                 self._scale, loss.dtype
             )
