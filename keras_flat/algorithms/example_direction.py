@@ -22,8 +22,8 @@ class ExampleDirection(Perturbation):
     `h` of the same examples at `w + rho·σ·s` (Ahn, Jadbabaie & Sra,
     Algorithm 2). When the examples' gradient is zero (exactly at an
     interpolating minimum) the direction is taken at a point jittered by a
-    random vector of norm `jitter` (the paper's Remark 2), so a zero
-    gradient never yields NaN.
+    random vector of norm `jitter` (the paper's Remark 2: `jitter·z/√d`,
+    `z` uniform on `{−1, +1}^d`), so a zero gradient never yields NaN.
 
     Args:
         rho: A finite number >= 0.
@@ -59,8 +59,11 @@ class ExampleDirection(Perturbation):
         example_grads = list(example_grads)
 
         def jittered():
-            offset = vector.sphere_like(ctx.variables, ctx.seed(self.STREAMS["jitter"]),
-                                        self.jitter_radius)
+            # A random vertex of the hypercube, ±1 in every coordinate, has norm
+            # sqrt(d) exactly: scaled, its norm is `jitter` with no reduction.
+            signs = vector.rademacher_like(ctx.variables, ctx.seed(self.STREAMS["jitter"]))
+            size = sum(int(v.shape.num_elements()) for v in ctx.variables)
+            offset = vector.scale(signs, self.jitter_radius / size ** 0.5)
             return list(ctx.gradient(offset=offset, subset=subset)[1])
 
         # A replica-local condition with no collective inside. The examples

@@ -9,7 +9,6 @@ so it is where a piece may use a collective.
 import keras
 import tensorflow as tf
 
-from keras_flat import rng
 from keras_flat import vector
 from keras_flat.algorithms.example_direction import ExampleDirection  # noqa: F401
 from keras_flat.algorithms.piece import Perturbation
@@ -172,21 +171,21 @@ class FilterGaussian(Perturbation):
                           state[i].shape)
 
     def gradient(self, ctx, prepared, state):
-        seed = ctx.seed(self.STREAMS["filter_noise"])
+        # One standard normal draw over the whole vector (a few operations
+        # however many variables), scaled filter by filter.
+        noises = vector.normal_like(ctx.variables, ctx.seed(self.STREAMS["filter_noise"]))
         offset = []
         for i, (parameter, value) in enumerate(zip(ctx.parameters(), ctx.variables)):
-            dtype = vector.compute_dtype(value.dtype)
             if not self._perturbed(parameter):
                 offset.append(tf.zeros_like(value))
                 continue
-            axes = parameter.reduce_axes
-            w = tf.cast(value, dtype)
-            std = self.sigma * tf.sqrt(tf.reduce_sum(tf.square(w), axis=axes, keepdims=True))
+            w = tf.cast(value, noises[i].dtype)
+            std = self.sigma * tf.sqrt(tf.reduce_sum(tf.square(w), axis=parameter.reduce_axes,
+                                                     keepdims=True))
             if self.adaptive:
-                fisher = tf.reshape(tf.cast(state[i], dtype), std.shape)
+                fisher = tf.reshape(tf.cast(state[i], std.dtype), std.shape)
                 std = std / tf.sqrt(1.0 + self.eta * fisher)
-            noise = rng.normal(tf.shape(w), rng.fold_in(seed, i), dtype)
-            offset.append(tf.cast(noise * std, value.dtype))
+            offset.append(tf.cast(noises[i] * std, value.dtype))
         return list(ctx.gradient(offset=offset)[1])
 
     def assignments(self, ctx, state):
