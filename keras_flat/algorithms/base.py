@@ -4,6 +4,7 @@ import typing
 
 import keras
 
+from keras_flat.algorithms.arguments import checked_init
 from keras_flat.validation import check_choice
 
 PERTURBATION_SYNC_MODES = ("global", "replica")
@@ -72,6 +73,17 @@ class Algorithm:
 
     #: Whether the rule ever evaluates gradients at perturbed weights.
     perturbs = True
+
+    def __init_subclass__(cls, **kwargs):
+        """Checks the arguments of every subclass's own `__init__` before it runs.
+
+        An argument the rule does not take raises a `TypeError` that names
+        the rule, the argument, the one probably meant and every accepted
+        one (see `keras_flat.algorithms.arguments`).
+        """
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = checked_init(cls.__dict__["__init__"])
 
     def __init__(self, perturbation_sync="global"):
         self.perturbation_sync = check_choice(
