@@ -1,18 +1,14 @@
 """Update rules for `keras_flat.FlatMinimaModel`, and the pieces they are made of.
 
-Named rules (see `names()`; each is a preset of `Composite`):
-
-- `RandomSmoothing` ("rs"): Algorithm 1 of Ahn, Jadbabaie & Sra (2024).
-- `SharpnessAware` ("sa"): Algorithm 2 of the same paper.
-- `SAM` ("sam"), `ASAM` ("asam"), `GSAM` ("gsam"), `LookSAM` ("looksam"),
-  `AESAM` ("aesam"): the sharpness-aware family.
-- `RWP` ("rwp"), `ARWP` ("arwp"): random weight perturbation.
-- `NoPerturbation` ("none", or `None`): plain training.
-
 Pieces, to compose new rules with `Composite(where=..., how=..., when=...)`:
 `keras_flat.algorithms.when` (schedules), `.where` (perturbed points) and
 `.how` (combiners). A new rule is registered once with `register`, which
 makes it known to `get`, the command line, the demo and the invariant tests.
+
+Named rules (`names()`; `None` also means "none"; each perturbing rule is a
+preset of `Composite`), as registered:
+
+{registered_rules}
 """
 
 import keras
@@ -74,6 +70,8 @@ register("rwp", RWP, "RWP", defaults={"sigma": 0.01},
 register("arwp", ARWP, "ARWP", defaults={"sigma": 0.01},
          test_kwargs={"sigma": 0.05, "alpha": 0.3, "eta": 0.5, "beta": 0.9},
          paper="Li et al., TMLR 2024, arXiv 2404.00357")
+
+__doc__ = registry.fill_docstring(__doc__)
 
 _CLASSES = {entry.cls.__name__: entry.cls for entry in registry.entries()}
 _CLASSES.update(Composite=Composite)
