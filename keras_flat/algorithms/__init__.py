@@ -83,7 +83,7 @@ def serialize(algorithm):
 
 
 def deserialize(config, custom_objects=None):
-    """Builds an algorithm from the config dict `serialize` returns."""
+    """Builds an algorithm from the dict `serialize` or its `get_config()` returns."""
     return get(config, custom_objects=custom_objects)
 
 
