@@ -33,7 +33,8 @@ def test_rwp_given_rho_is_pointed_to_sigma(build):
     message = _message(build, "rwp", rho=0.1)
     assert message == (
         'RWP ("rwp") got an unknown argument `rho`. Did you mean `sigma` (RWP\'s radius)? '
-        "Accepted: sigma, alpha, include_offsets, perturbation_sync, interval, start.")
+        "Accepted: sigma, alpha, include_offsets, perturbation_sync, interval, start. "
+        "Received: rho=0.1.")
 
 
 @pytest.mark.parametrize("name", algorithms.names())
@@ -71,7 +72,7 @@ def test_an_argument_of_other_rules_names_them():
 
 def test_several_unknown_arguments_are_all_named():
     message = _message("get", "rwp", rho=0.1, k=2)
-    assert "unknown arguments `rho`, `k`" in message
+    assert "unknown arguments `rho`, `k`" in message and "Received: rho=0.1, k=2." in message
     assert "For `rho`: Did you mean `sigma`" in message and "For `k`: Did you mean `interval`" \
         in message
 

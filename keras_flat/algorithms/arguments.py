@@ -83,9 +83,11 @@ def call_error(cls, signature, args, kwargs, error):
     missing = [p.name for p in parameters if p.default is inspect.Parameter.empty
                and p.kind in _PARAMETER_KINDS and p.name not in kwargs
                and p.name not in positional[:len(args)]]
+    allowed = f"Accepted: {', '.join(names) or 'no arguments'}."
     if unknown and inspect.Parameter.VAR_KEYWORD not in kinds:
-        text = unknown_arguments(cls, unknown, names)
-    elif len(args) > len(positional) and inspect.Parameter.VAR_POSITIONAL not in kinds:
+        received = ", ".join(f"{key}={kwargs[key]!r}" for key in unknown)
+        return f"{unknown_arguments(cls, unknown, names)} {allowed} Received: {received}."
+    if len(args) > len(positional) and inspect.Parameter.VAR_POSITIONAL not in kinds:
         text = (f"{rule(cls)} takes at most {len(positional)} positional argument"
                 f"{'' if len(positional) == 1 else 's'} ({', '.join(positional)}); received "
                 f"{len(args)}: {', '.join(repr(a) for a in args)}. Pass the others by "
@@ -99,7 +101,7 @@ def call_error(cls, signature, args, kwargs, error):
             f"`{name}`" for name in missing) + "."
     else:
         text = f"{rule(cls)}: {error}."
-    return f"{text} Accepted: {', '.join(names) or 'no arguments'}."
+    return f"{text} {allowed}"
 
 
 def unknown_arguments(cls, keys, names):
