@@ -1,11 +1,17 @@
 """keras-flat: train Keras 3 models toward flat minima, and measure flatness.
 
-Implements Algorithms 1 (randomly smoothed perturbation) and 2
-(sharpness-aware perturbation) of Ahn, Jadbabaie & Sra, "How to escape
-sharp minima with random perturbations" (ICML 2024, arXiv 2305.15659), with
-SAM and ASAM as baselines, as a `keras.Model` wrapper whose `fit()` does the
-work. docs/algorithms.md states each rule as implemented, with its arguments
-and the validation problems the tests check.
+`FlatMinimaModel(model, algorithm)` wraps any Keras 3 model so that its
+`fit()` trains toward flat minima. It implements Algorithms 1 (randomly
+smoothed perturbation) and 2 (sharpness-aware perturbation) of Ahn,
+Jadbabaie & Sra, "How to escape sharp minima with random perturbations"
+(ICML 2024, arXiv 2305.15659), and the rules below, which
+`keras_flat.algorithms.get` and the `keras-flat` command line know by name.
+docs/algorithms.md states each rule as implemented, with its arguments and
+the validation problems the tests check.
+
+Registered rules (`keras_flat.algorithms.names()`):
+
+{registered_rules}
 """
 
 from keras_flat import compatibility
@@ -22,6 +28,8 @@ from keras_flat import landscape  # noqa: E402
 from keras_flat import rng  # noqa: E402
 from keras_flat import vector  # noqa: E402
 from keras_flat.model import FlatMinimaModel  # noqa: E402
+
+__doc__ = algorithms.registry.fill_docstring(__doc__)
 
 __version__ = "0.1.0"
 

@@ -133,7 +133,7 @@ def test_flat_minima_model_validates_its_arguments_before_anything_is_built():
         keras_flat.FlatMinimaModel(inner, "rs", tolerance=-1)
     with pytest.raises(ValueError, match=r"`seed`.*-3"):
         keras_flat.FlatMinimaModel(inner, "rs", seed=-3)
-    with pytest.raises(TypeError, match="unexpected keyword argument 'radius'"):
+    with pytest.raises(TypeError, match="unknown argument `radius`. Did you mean `rho`"):
         keras_flat.FlatMinimaModel(inner, "rs", radius=0.1)
     # Nothing was half-applied to the wrapped model.
     for a, b in zip(before, inner.get_weights()):

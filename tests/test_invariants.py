@@ -93,7 +93,9 @@ def test_zero_gradient_gives_finite_steps(name):
 def test_config_names_every_constructor_argument(name):
     algorithm = _algorithm(name, "test")
     parameters = set(inspect.signature(type(algorithm).__init__).parameters) - {"self"}
-    assert parameters <= set(algorithm.get_config())
+    config = algorithm.get_config()
+    assert parameters <= set(config)
+    assert set(config) - parameters == {"name"} and config["name"] == name
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -101,11 +103,12 @@ def test_config_round_trip_gives_the_same_training(name):
     x, y = regression_data(n=64)
     original = _algorithm(name, "test")
     copies = [type(original).from_config(original.get_config()),
-              algorithms.get(algorithms.serialize(original))]
+              algorithms.get(algorithms.serialize(original)),
+              algorithms.get(original.get_config())]
     reference = _model(original)
     _fit(reference, x, y, epochs=2)
     for copy in copies:
-        assert copy is not original
+        assert copy is not original and copy == original
         model = _model(copy)
         _fit(model, x, y, epochs=2)
         _assert_identical(_values(model.inner.weights), _values(reference.inner.weights))

@@ -1,22 +1,19 @@
 """Update rules for `keras_flat.FlatMinimaModel`, and the pieces they are made of.
 
-Named rules (see `names()`; each is a preset of `Composite`):
-
-- `RandomSmoothing` ("rs"): Algorithm 1 of Ahn, Jadbabaie & Sra (2024).
-- `SharpnessAware` ("sa"): Algorithm 2 of the same paper.
-- `SAM` ("sam"), `ASAM` ("asam"), `GSAM` ("gsam"), `LookSAM` ("looksam"),
-  `AESAM` ("aesam"): the sharpness-aware family.
-- `RWP` ("rwp"), `ARWP` ("arwp"): random weight perturbation.
-- `NoPerturbation` ("none", or `None`): plain training.
-
 Pieces, to compose new rules with `Composite(where=..., how=..., when=...)`:
 `keras_flat.algorithms.when` (schedules), `.where` (perturbed points) and
 `.how` (combiners). A new rule is registered once with `register`, which
 makes it known to `get`, the command line, the demo and the invariant tests.
+
+Named rules (`names()`; `None` also means "none"; each perturbing rule is a
+preset of `Composite`), as registered:
+
+{registered_rules}
 """
 
 import keras
 
+from keras_flat.algorithms import config_name
 from keras_flat.algorithms import how
 from keras_flat.algorithms import registry
 from keras_flat.algorithms import when
@@ -74,6 +71,8 @@ register("arwp", ARWP, "ARWP", defaults={"sigma": 0.01},
          test_kwargs={"sigma": 0.05, "alpha": 0.3, "eta": 0.5, "beta": 0.9},
          paper="Li et al., TMLR 2024, arXiv 2404.00357")
 
+__doc__ = registry.fill_docstring(__doc__)
+
 _CLASSES = {entry.cls.__name__: entry.cls for entry in registry.entries()}
 _CLASSES.update(Composite=Composite)
 
@@ -84,7 +83,7 @@ def serialize(algorithm):
 
 
 def deserialize(config, custom_objects=None):
-    """Builds an algorithm from the config dict `serialize` returns."""
+    """Builds an algorithm from the dict `serialize` or its `get_config()` returns."""
     return get(config, custom_objects=custom_objects)
 
 
@@ -94,8 +93,10 @@ def get(identifier, custom_objects=None, **kwargs):
     Args:
         identifier: An `Algorithm` instance (returned as is), a registered
             name or alias (see `names()`; case and dashes do not matter),
-            `None` for plain training, a class name, or a config dict as
-            returned by `serialize` or `{"class_name": ..., "config": ...}`.
+            `None` for plain training, a class name, or a config dict: an
+            algorithm's `get_config()` (which records the rule's name under
+            `"name"`), or `{"class_name": ..., "config": ...}` as returned by
+            `serialize`.
         custom_objects: Optional dict of user-defined algorithm classes, for
             dict identifiers.
         **kwargs: Constructor arguments, allowed only with a name. A name
@@ -106,14 +107,18 @@ def get(identifier, custom_objects=None, **kwargs):
         An `Algorithm`.
 
     Raises:
-        ValueError: for an unknown name, or keyword arguments given with an
-            instance or a dict.
-        TypeError: for any other kind of identifier.
+        ValueError: for an unknown name, an invalid config, or keyword
+            arguments given with an instance or a dict.
+        TypeError: for an argument the rule does not take (naming the rule,
+            the argument and those it accepts), or any other kind of
+            identifier.
 
     Example:
 
     >>> keras_flat.algorithms.get("sa", rho=0.1, examples=2)
     SharpnessAware(perturbation_sync='global', rho=0.1, ...)
+    >>> keras_flat.algorithms.get(SAM(rho=0.1).get_config())
+    SAM(perturbation_sync='global', rho=0.1, interval=1, start=None)
     """
     if identifier is None:
         identifier = "none"
@@ -128,6 +133,8 @@ def get(identifier, custom_objects=None, **kwargs):
         return cls(**kwargs)
     if isinstance(identifier, dict):
         _no_kwargs(identifier, kwargs)
+        if "class_name" not in identifier:
+            return _build(config_name.class_of(identifier, custom_objects), identifier)
         return _from_dict(identifier, custom_objects)
     raise TypeError(
         "Argument `algorithm` must be an Algorithm instance, a name, a config "
@@ -137,11 +144,6 @@ def get(identifier, custom_objects=None, **kwargs):
 
 
 def _from_dict(config, custom_objects):
-    if "class_name" not in config:
-        raise ValueError(
-            "An algorithm config dict needs a 'class_name' key. "
-            f"Received: algorithm={config!r}."
-        )
     name = config["class_name"]
     local = dict(custom_objects or {})
     cls = local.get(name) or _CLASSES.get(name)
@@ -164,11 +166,20 @@ def _from_dict(config, custom_objects):
         raise ValueError(
             f"An algorithm config's 'config' must be a dict. Received: {inner!r}."
         )
+    return _build(cls, inner)
+
+
+def _build(cls, config):
+    """`cls.from_config(config)`, with a wrong argument reported as a `ValueError`."""
+    if not issubclass(cls, Algorithm):
+        raise ValueError(
+            f"The config {config!r} names {cls.__name__}, which is not an Algorithm."
+        )
     try:
-        return cls.from_config(dict(inner))
+        return cls.from_config(dict(config))
     except TypeError as error:
         raise ValueError(
-            f"Invalid config for algorithm {name!r}: {inner!r}. {error}"
+            f"Invalid config for algorithm {cls.__name__!r}: {config!r}. {error}"
         ) from error
 
 

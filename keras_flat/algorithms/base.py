@@ -4,6 +4,8 @@ import typing
 
 import keras
 
+from keras_flat.algorithms import config_name
+from keras_flat.algorithms.arguments import checked_init
 from keras_flat.validation import check_choice
 
 PERTURBATION_SYNC_MODES = ("global", "replica")
@@ -73,6 +75,26 @@ class Algorithm:
     #: Whether the rule ever evaluates gradients at perturbed weights.
     perturbs = True
 
+    def __init_subclass__(cls, **kwargs):
+        """Wraps a subclass's own `__init__`, `get_config` and `from_config`.
+
+        `__init__` checks its arguments before it runs: one the rule does
+        not take raises a `TypeError` that names the rule, the argument, the
+        one probably meant and every accepted one (see
+        `keras_flat.algorithms.arguments`). `get_config` records the rule's
+        name under `"name"` and `from_config` checks and drops it (see
+        `keras_flat.algorithms.config_name`), so `"name"` is not available
+        as an argument of a subclass.
+        """
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__
+        if "__init__" in own:
+            cls.__init__ = checked_init(own["__init__"])
+        if "get_config" in own:
+            cls.get_config = config_name.recording(own["get_config"])
+        if isinstance(own.get("from_config"), classmethod):
+            cls.from_config = config_name.reading(own["from_config"])
+
     def __init__(self, perturbation_sync="global"):
         self.perturbation_sync = check_choice(
             "perturbation_sync", perturbation_sync, PERTURBATION_SYNC_MODES
@@ -104,14 +126,21 @@ class Algorithm:
         )
 
     def get_config(self):
-        return {"perturbation_sync": self.perturbation_sync}
+        """The constructor arguments, and under `"name"` which rule this is.
+
+        `keras_flat.algorithms.get` builds the same rule from this dict.
+        """
+        return {config_name.KEY: config_name.name_of(type(self)),
+                "perturbation_sync": self.perturbation_sync}
 
     @classmethod
     def from_config(cls, config):
-        return cls(**config)
+        """The rule of a `get_config()` dict (with or without its `"name"`)."""
+        return cls(**config_name.without_name(cls, config))
 
     def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items()
+                         if k != config_name.KEY)
         return f"{type(self).__name__}({args})"
 
     def __eq__(self, other):

@@ -7,6 +7,7 @@ it with no test edited).
 """
 
 import dataclasses
+import textwrap
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +78,22 @@ def register(name, cls, label, aliases=(), defaults=None, test_kwargs=None, pape
     return entry
 
 
+def unregister(name):
+    """Removes a registered algorithm and its aliases; returns its `Entry`.
+
+    Args:
+        name: Its registered name or an alias.
+
+    Raises:
+        ValueError: if the name is not registered.
+    """
+    found = entry(name)
+    del _ENTRIES[found.name]
+    for key in (found.name,) + found.aliases:
+        del _ALIASES[key]
+    return found
+
+
 def names():
     """The registered short names, in registration order."""
     return list(_ENTRIES)
@@ -142,3 +159,72 @@ def label(algorithm, radius=True):
     if start is not None:
         extras.append(f"start={start:g}")
     return f"{text}, {', '.join(extras)}" if extras else text
+
+
+#: The line of a docstring that `fill_docstring` replaces with `describe()`.
+PLACEHOLDER = "{registered_rules}"
+
+
+def describe(indent="", width=79):
+    """The registered algorithms as a docstring list, one item per name.
+
+    Each item gives the name, its aliases, the class, the label tables and
+    plots show, and the citation: a docstring built from it lists every rule
+    registered when it is built, with nothing to keep in step by hand.
+
+    Args:
+        indent: Prefix of every line (the docstring's indentation).
+        width: Longest line, including `indent`.
+
+    Returns:
+        A string of `- ` items, without a final newline.
+
+    Example:
+
+    >>> print(keras_flat.algorithms.registry.describe())  # doctest: +ELLIPSIS
+    - "none", also "plain", "no_perturbation": `NoPerturbation`, shown as "plain
+      SGD".
+    - "sam": `SAM`, shown as "SAM". Foret et al., ICLR 2021, arXiv 2010.01412.
+    ...
+    """
+    items = []
+    for found in _ENTRIES.values():
+        aliases = ", ".join(f'"{alias}"' for alias in found.aliases)
+        text = (f'"{found.name}"' + (f", also {aliases}" if aliases else "")
+                + f': `{found.cls.__name__}`, shown as "{found.label}".'
+                + (f" {found.paper}." if found.paper else ""))
+        items.append(textwrap.fill(text, width=width, initial_indent=indent + "- ",
+                                   subsequent_indent=indent + "  ", break_long_words=False,
+                                   break_on_hyphens=False))
+    return "\n".join(items)
+
+
+def fill_docstring(docstring, placeholder=PLACEHOLDER):
+    """`docstring` with its placeholder line replaced by `describe()`, as indented.
+
+    Args:
+        docstring: A docstring, or None (under `python -OO`).
+        placeholder: The text of the line to replace.
+
+    Returns:
+        The docstring (None stays None).
+
+    Example:
+
+    ```python
+    class MyModel(keras.Model):
+        '''Args:
+            algorithm: A name, one of
+
+                {registered_rules}
+        '''
+    MyModel.__doc__ = registry.fill_docstring(MyModel.__doc__)
+    ```
+    """
+    if docstring is None:
+        return None
+    lines = docstring.split("\n")
+    for i, line in enumerate(lines):
+        if line.strip() == placeholder:
+            lines[i] = describe(indent=line[:len(line) - len(line.lstrip())])
+    return "\n".join(lines)
