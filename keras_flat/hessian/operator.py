@@ -72,6 +72,8 @@ class HessianOperator:
             is slower than TensorFlow's kernels for convolutions on CPU).
 
     Attributes:
+        arguments: The data as the compiled functions take it: the batches
+            and a tensor of their weights (their shares of the examples).
         method: The HVP method in use (`None` until `"auto"` has chosen).
         failures: For `"auto"`, `{method: exception}` of the methods that
             failed on this model and were set aside.
@@ -129,7 +131,7 @@ class HessianOperator:
         self.variables = self.kernel.variables
         self.dimension = self.kernel.dimension
         self.requested_method = method
-        self._weights = tf.constant(self.batch_weights, self.dtype)
+        self.arguments = (self.batches, tf.constant(self.batch_weights, self.dtype))
 
     @property
     def dtype(self):
@@ -164,7 +166,7 @@ class HessianOperator:
         data.
         """
         function = self.kernel.function(name, make)
-        return lambda *args: function(self.batches, self._weights, *args)
+        return lambda *args: function(*self.arguments, *args)
 
     def choose_method(self):
         """The HVP method: for `"auto"`, times both once and keeps the faster.
@@ -176,7 +178,7 @@ class HessianOperator:
         be differentiated twice, a `ValueError` quoting both failures
         otherwise.
         """
-        return self.kernel.choose_method(self.batches, self._weights)
+        return self.kernel.choose_method(*self.arguments)
 
     def matvec(self, tangents):
         """H·v for `v` a list of tensors shaped like the trainable variables."""
@@ -195,7 +197,7 @@ class HessianOperator:
         `_function` for what it may depend on.
         """
         with exact.exact_second_derivatives():
-            return self.kernel.run(name, make, None, (self.batches, self._weights))
+            return self.kernel.run(name, make, None, self.arguments)
 
     def loss_and_gradient(self):
         """The averaged loss and gradient (a list of tensors)."""
