@@ -8,6 +8,7 @@ against closed forms of a linear least-squares model, whose Hessian is
 """
 
 import logging
+import warnings
 
 import keras
 import numpy as np
@@ -224,6 +225,20 @@ def test_recompiling_with_another_loss_is_not_served_a_stale_function():
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse", loss_weights=[3.0])
     est = hessian.hessian_trace(model, (x, y), num_probes=2)
     assert est.value == pytest.approx(3.0 * np.trace(_closed_form_hessian(x)), rel=1e-5)
+
+
+def test_a_model_compiled_with_a_lambda_is_measured_quietly_and_traced_once():
+    model = _linear()
+    model.compile(loss=lambda y, p: keras.ops.mean((y - p) ** 2))
+    first, second = (_orthogonal_data(s, seed=i) for i, s in
+                     enumerate(([1.0, 2.0, 3.0, 4.0], [4.0, 1.0, 1.0, 2.0])))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # E.g. Keras's warning on serializing a lambda.
+        hessian.hessian_trace(model, first, num_probes=2)
+        traced = _calls(model)
+        est = hessian.hessian_trace(model, second, num_probes=2)
+    assert _calls(model) == traced
+    assert est.value == pytest.approx(np.trace(_closed_form_hessian(second[0])), rel=1e-5)
 
 
 def test_three_callbacks_in_one_fit_trace_each_function_once(retracing_warnings):

@@ -10,6 +10,7 @@ dtypes and structure reuses them without tracing.
 """
 
 import collections
+import warnings
 import weakref
 
 # Entries per model; the least recently used goes first (e.g. a new loss
@@ -68,7 +69,9 @@ def compile_key(model):
     """
     loss = model.loss
     try:
-        config = dict(model.get_compile_config())
+        with warnings.catch_warnings():  # E.g. Keras's warning on serializing a lambda.
+            warnings.simplefilter("ignore")
+            config = dict(model.get_compile_config())
     except Exception:  # noqa: BLE001 - an unserializable config: never reuse.
         return object()
     config.pop("optimizer", None)
