@@ -94,7 +94,7 @@ class Evaluator:
         return self._compiled.names
 
     def tracing_count(self):
-        """Total number of times the evaluation functions were traced."""
+        """How many times the evaluation functions (shared with other evaluators) were traced."""
         return self._compiled.tracing_count()
 
     def evaluate(self, directions, selection, mode="combination"):
