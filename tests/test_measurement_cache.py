@@ -271,3 +271,26 @@ def test_three_callbacks_in_one_fit_trace_each_function_once(retracing_warnings)
     reference = _closed_form_hessian(probe[0])
     assert flatness[1].last.values[0] == pytest.approx(np.linalg.eigvalsh(reference)[-1],
                                                        rel=1e-4)
+
+
+def test_callbacks_measure_over_a_layer_frozen_during_training():
+    model = _linear(hidden=3)
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")  # Weights stay put.
+    x, y = _orthogonal_data([1.0, 2.0, 3.0, 4.0])
+
+    class Freeze(keras.callbacks.Callback):  # After the first epoch's measurements.
+        def on_epoch_end(self, epoch, logs=None):
+            model.layers[1].trainable = False
+
+    trace = callbacks.HessianTrace((x, y), num_probes=9, method="hutch++", batch_size=32)
+    top = callbacks.TopEigenvalue((x, y), max_iterations=3, batch_size=32)
+    history = model.fit(x, y, batch_size=32, epochs=2, verbose=0,
+                        callbacks=[trace, top, Freeze()]).history
+    assert trace.last.dimension == 3 and top.last.vectors.shape == (1, 3)
+    z = np.asarray(x, np.float64) @ np.asarray(model.layers[1].kernel, np.float64)
+    reference = _closed_form_hessian(z)  # Over the last layer alone: H = 2 ZᵀZ / n.
+    assert history["hessian_trace"][1] == pytest.approx(np.trace(reference), rel=1e-4)
+    assert history["hessian_trace_normalized"][1] == pytest.approx(np.trace(reference) / 3,
+                                                                   rel=1e-4)
+    assert history["top_eigenvalue"][1] == pytest.approx(np.linalg.eigvalsh(reference)[-1],
+                                                         rel=1e-4)
