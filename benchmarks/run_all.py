@@ -24,6 +24,8 @@ BENCHMARKS = [
      ["--repeats", "2", "--steps", "5"]),
     ("Hessian-vector products and trace estimates", "benchmarks.hvp", ["--repeats", "7"],
      ["--repeats", "2"]),
+    ("Repeated one-line measurements", "benchmarks.repeated_calls", ["--repeats", "3"],
+     ["--repeats", "1", "--width", "32"]),
     ("Distributed training on 1 and 2 logical devices", "benchmarks.distributed",
      ["--repeats", "5", "--steps", "40"], ["--repeats", "2", "--steps", "8"]),
     ("Loss-landscape surfaces", "benchmarks.landscape", ["--repeats", "7", "--loop-points", "63"],

@@ -17,6 +17,12 @@ of at most `num_batches` batches of `batch_size` examples taken once from
 `data` (never the whole training set by default), with `num_probes`
 (trace) or at most `max_iterations` (eigenvalues) Hessian-vector products,
 each costing about two to three gradient evaluations on that set.
+
+The compiled functions are shared between the callbacks and with the
+one-line measurements of `keras_flat.hessian` on the same model (see
+`keras_flat.hessian.HessianOperator`): `HessianTrace`, `TopEigenvalue` and
+`SpectralDensity` on the same data trace each function once per model,
+however many epochs they measure.
 """
 
 import abc
@@ -30,6 +36,7 @@ import tensorflow as tf
 from keras_flat import hessian
 from keras_flat import summaries
 from keras_flat.batches import as_batches
+from keras_flat.hessian import losses
 from keras_flat.hessian.eigen import EIGEN_METHODS
 from keras_flat.hessian.operator import HVP_METHODS
 from keras_flat.hessian.trace import TRACE_METHODS
@@ -53,6 +60,7 @@ class _HessianCallback(keras.callbacks.Callback, abc.ABC):
         check_count("num_batches", num_batches, 1)
         check_count("seed", seed, 0)
         check_choice("hvp_method", hvp_method, HVP_METHODS + ("auto",))
+        losses.resolve(loss)  # Fails here on an unknown loss.
         # Materialise the fixed measurement set now, so bad data fails here.
         self.batches = as_batches(data, batch_size=batch_size, num_batches=num_batches)
         self.every_n_epochs = every_n_epochs
@@ -63,16 +71,18 @@ class _HessianCallback(keras.callbacks.Callback, abc.ABC):
         self.verbose = verbose
         self.log_dir = None if log_dir is None else os.fspath(log_dir)
         self._writer = None
-        self._operator = None
         self.history = []
 
     def _get_operator(self):
-        if self._operator is None or self._operator.model is not self.model:
-            self._operator = hessian.HessianOperator(
-                self.model, self.batches, loss=self.loss, training=self.training,
-                method=self.hvp_method,
-            )
-        return self._operator
+        """An operator on the current trainable variables (layers may be frozen meanwhile).
+
+        Cheap: its compiled functions are those of the previous
+        measurements, and of the other callbacks on the same model.
+        """
+        return hessian.HessianOperator(
+            self.model, self.batches, loss=self.loss, training=self.training,
+            method=self.hvp_method,
+        )
 
     def _due(self, epoch):
         return (epoch + 1) % self.every_n_epochs == 0
@@ -146,7 +156,9 @@ class HessianTrace(_HessianCallback):
         training: Measure with layers in training mode (BatchNorm batch
             statistics). Defaults to False.
         hvp_method: `"auto"`, `"forward_over_backward"` or `"double_backward"`.
-        loss: Loss callable, for a model compiled without one.
+        loss: The loss to measure, for a model compiled without one (or
+            instead of the compiled one): a name such as `"mse"`, a
+            `keras.losses.Loss`, or a callable `loss(y_true, y_pred)`.
         seed: Seed of the probes.
         resample_probes: Draw new probes at each measurement.
         per_layer: Also log each layer's block trace.
@@ -255,10 +267,11 @@ class TopEigenvalue(_HessianCallback):
         return ["top_eigenvalue"] + [f"top_eigenvalue_{i}" for i in range(2, self.k + 1)]
 
     def measure(self, operator):
+        warm = self.warm_start and self.vectors is not None
+        warm = warm and self.vectors.shape[1] == operator.dimension  # Not after freezing.
         result = hessian.top_eigenvalues(
             operator, k=self.k, method=self.method, max_iterations=self.max_iterations,
-            tol=self.tol, seed=self.seed,
-            initial_vectors=self.vectors if self.warm_start else None)
+            tol=self.tol, seed=self.seed, initial_vectors=self.vectors if warm else None)
         self.vectors = result.vectors
         self.last = result
         return {key: float(v) for key, v in zip(self.keys(), result.values)}

@@ -22,9 +22,13 @@ differentiate twice raises `NotTwiceDifferentiableError` naming the layer.
 - `exact_hessian`: the dense Hessian of a small model, for checks.
 - `exact_second_derivatives`: the context every measurement runs in.
 
-For repeated measurements on the same model and data, build one
-`HessianOperator` and pass it as `model` (its compiled functions are then
-traced once).
+Repeated measurements on the same model trace once: the compiled functions
+take the data as arguments and are kept per model and options (loss,
+`training`, HVP method, `jit_compile`, trainable variables), so a call on
+new data of the same shapes and dtypes reuses them, and `method="auto"`
+times the two HVP methods once. Freezing a layer or recompiling the model
+gives new functions. A `HessianOperator` passed as `model` also fixes the
+data (its batches are taken from `data` once).
 """
 
 import numpy as np
@@ -45,7 +49,6 @@ from keras_flat.hessian.operator import HVP_METHODS
 from keras_flat.hessian.operator import HessianOperator
 from keras_flat.hessian.operator import check_model  # noqa: F401
 from keras_flat.hessian.operator import dense_gradients
-from keras_flat.hessian.operator import in_replica
 from keras_flat.hessian.trace import TRACE_METHODS
 from keras_flat.hessian.trace import BlockTraces
 from keras_flat.hessian.trace import TraceEstimate
@@ -85,7 +88,9 @@ def hvp(model, data, vectors, *, loss=None, training=False, method="auto",
             or a list of batches; see `keras_flat.batches.as_batches`.
         vectors: A list of tensors shaped like `model.trainable_variables`,
             or one flat vector of their total size.
-        loss: Loss callable for an uncompiled model.
+        loss: The loss for an uncompiled model (or instead of the compiled
+            one): a name such as `"mse"`, a `keras.losses.Loss`, or a
+            callable `loss(y_true, y_pred)`.
         training: Layers in training mode (BatchNorm batch statistics).
         method: `"forward_over_backward"`, `"double_backward"` or `"auto"`.
         batch_size: Split array data into batches of this size.
@@ -277,43 +282,38 @@ def exact_hessian(model, data=None, max_parameters=5000, **operator_kwargs):
             f"model has more than max_parameters={max_parameters} parameters."
         )
 
+    blocks = op._evaluate("exact_hessian", _jacobians)
+    total = sum(weight * np.asarray(block, np.float64)
+                for weight, block in zip(op.batch_weights, blocks))
+    return (total + total.T) / 2
+
+
+def _jacobians(traced):
+    """`make` of `exact_hessian`: each batch's Hessian as the Jacobian of its gradient."""
+    kernel = traced.kernel
+    variables, dimension = kernel.variables, kernel.dimension
+
     def jacobian(x, y, sw):
         targets = []
         try:
             with tf.GradientTape() as outer:
                 with tf.GradientTape() as inner:
-                    loss = op.batch_loss(x, y, sw)
+                    loss = kernel.batch_loss(x, y, sw)
                 targets.append(loss)
-                raw = inner.gradient(loss, op.variables)
-                problems.append(diagnose.check_first_order(op.model, op.variables, loss, raw))
-                flat = vector.flatten(dense_gradients(raw, op.variables))
+                raw = inner.gradient(loss, variables)
+                kernel.report(diagnose.check_first_order(kernel.model, variables, loss, raw))
+                flat = vector.flatten(dense_gradients(raw, variables))
                 targets.append(flat)
-            blocks = outer.jacobian(flat, op.variables,
+            blocks = outer.jacobian(flat, variables,
                                     unconnected_gradients=tf.UnconnectedGradients.ZERO,
                                     experimental_use_pfor=False)
         except LookupError as error:
-            problems.append(diagnose.explain_failure(op.model, error, targets,
-                                                     "by exact_hessian"))
+            kernel.report(diagnose.explain_failure(kernel.model, error, targets,
+                                                   "by exact_hessian"))
             raise
-        return tf.concat([tf.reshape(b, [op.dimension, -1]) for b in blocks], axis=1)
+        return tf.concat([tf.reshape(b, [dimension, -1]) for b in blocks], axis=1)
 
-    total = np.zeros((op.dimension, op.dimension))
-    problems = []
-    with exact_second_derivatives():
-        compiled = tf.function(jacobian)
-        for weight, batch in zip(op.batch_weights, op.batches):
-            try:
-                result = in_replica(compiled, *batch)
-            except Exception as error:
-                problem = next((p for p in problems if p is not None), None)
-                if problem is not None:
-                    raise problem from error
-                raise
-            problem = next((p for p in problems if p is not None), None)
-            if problem is not None:
-                raise problem
-            total += weight * np.asarray(result, np.float64)
-    return (total + total.T) / 2
+    return lambda: [jacobian(*batch) for batch in traced.batches]
 
 
 def _operator_kwargs(kwargs):

@@ -60,12 +60,12 @@ def hutchinson(operator, num_probes, seed, per_variable=False):
     if per_variable:
         return _hutchinson_blocks(operator, num_probes, seed)
 
-    def make(method):
+    def make(traced):
         def estimate(seed, num_probes):
-            samples = tf.TensorArray(operator.dtype, size=num_probes)
+            samples = tf.TensorArray(traced.dtype, size=num_probes)
             for i in tf.range(num_probes):
-                z = vector.rademacher_like(operator.variables, rng.fold_in(seed, i))
-                samples = samples.write(i, vector.dot(z, operator._hvp(z, method)))
+                z = vector.rademacher_like(traced.variables, rng.fold_in(seed, i))
+                samples = samples.write(i, vector.dot(z, traced.hvp(z)))
             return samples.stack()
         return estimate
 
@@ -98,14 +98,11 @@ def hutch_plus_plus(operator, num_matvecs, seed, per_variable=False):
         return _hutch_plus_plus_blocks(operator, num_matvecs, seed)
     sketch = min(num_matvecs // 3, operator.dimension)  # QR has at most d columns.
     residual = num_matvecs - 2 * sketch
-    like = operator.variables
 
-    def make(method):
-        def matvec(flat):
-            return vector.flatten(operator._hvp(vector.unflatten(flat, like), method))
-
+    def make(traced):
         def estimate(seed, sketch, residual):
-            return _hutch_plus_plus(matvec, like, operator.dtype, seed, sketch, residual)
+            return _hutch_plus_plus(_flat_matvec(traced), traced.variables, traced.dtype,
+                                    seed, sketch, residual)
         return estimate
 
     fn = operator._function("hutch++", make)
@@ -113,6 +110,13 @@ def hutch_plus_plus(operator, num_matvecs, seed, per_variable=False):
         tf.convert_to_tensor(seed), tf.constant(sketch), tf.constant(residual)
     ).numpy()
     return _result(samples, num_matvecs, "hutch++", operator.dimension)
+
+
+def _flat_matvec(traced):
+    """H·v on flat vectors, for the body of a compiled function."""
+    def matvec(flat):
+        return vector.flatten(traced.hvp(vector.unflatten(flat, traced.variables)))
+    return matvec
 
 
 def _hutch_plus_plus(matvec, like, dtype, seed, sketch, residual):
@@ -242,14 +246,14 @@ def _with_blocks(samples, num_matvecs, method, operator):
 
 def _hutchinson_blocks(operator, num_probes, seed):
     """Hutchinson's estimator of every block's trace from the same probes."""
-    dtype = operator.dtype
+    def make(traced):
+        dtype = traced.dtype
 
-    def make(method):
         def estimate(seed, num_probes):
             samples = tf.TensorArray(dtype, size=num_probes)
             for i in tf.range(num_probes):
-                z = vector.rademacher_like(operator.variables, rng.fold_in(seed, i))
-                hz = operator._hvp(z, method)
+                z = vector.rademacher_like(traced.variables, rng.fold_in(seed, i))
+                hz = traced.hvp(z)
                 dots = [tf.reduce_sum(tf.cast(a, dtype) * tf.cast(b, dtype))
                         for a, b in zip(z, hz)]
                 samples = samples.write(i, tf.stack(dots))
@@ -272,8 +276,23 @@ def _hutch_plus_plus_blocks(operator, num_matvecs, seed):
     """
     sketch = min(num_matvecs // 3, operator.dimension)
     residual = num_matvecs - 2 * sketch
-    like = operator.variables
     _, sizes = _block_layout(operator)
+
+    def make(traced):
+        def estimate(seed, sketch, residual):
+            return _block_estimate(traced, sizes, seed, sketch, residual)
+        return estimate
+
+    fn = operator._function("hutch++_blocks", make)
+    samples = fn(
+        tf.convert_to_tensor(seed), tf.constant(sketch), tf.constant(residual)
+    ).numpy()
+    return _with_blocks(samples, num_matvecs, "hutch++", operator)
+
+
+def _block_estimate(traced, sizes, seed, sketch, residual):
+    """The body of `_hutch_plus_plus_blocks`: per-block samples, low-rank part added."""
+    like, dtype, matvec = traced.variables, traced.dtype, _flat_matvec(traced)
     segments = tf.constant(np.repeat(np.arange(len(sizes)), sizes), tf.int32)
 
     def block_dot(a, b):
@@ -282,32 +301,17 @@ def _hutch_plus_plus_blocks(operator, num_matvecs, seed):
     def project_out(q, v):
         return v - tf.linalg.matvec(q, tf.linalg.matvec(q, v, transpose_a=True))
 
-    def make(method):
-        def matvec(flat):
-            return vector.flatten(operator._hvp(vector.unflatten(flat, like), method))
-
-        def estimate(seed, sketch, residual):
-            return _block_estimate(matvec, seed, sketch, residual)
-        return estimate
-
-    def _block_estimate(matvec, seed, sketch, residual):
-        columns = tf.TensorArray(operator.dtype, size=sketch)
-        for i in tf.range(sketch):
-            s = vector.flatten(vector.rademacher_like(like, rng.fold_in(seed, i)))
-            columns = columns.write(i, matvec(s))
-        q, _ = tf.linalg.qr(tf.transpose(columns.stack()))
-        low_rank = tf.zeros([len(sizes)], operator.dtype)
-        for i in tf.range(sketch):
-            hq = matvec(q[:, i])
-            low_rank += block_dot(q[:, i], hq + project_out(q, hq))
-        samples = tf.TensorArray(operator.dtype, size=residual)
-        for i in tf.range(residual):
-            g = vector.flatten(vector.rademacher_like(like, rng.fold_in(seed, sketch + i)))
-            samples = samples.write(i, block_dot(g, project_out(q, matvec(project_out(q, g)))))
-        return low_rank + samples.stack()
-
-    fn = operator._function("hutch++_blocks", make)
-    samples = fn(
-        tf.convert_to_tensor(seed), tf.constant(sketch), tf.constant(residual)
-    ).numpy()
-    return _with_blocks(samples, num_matvecs, "hutch++", operator)
+    columns = tf.TensorArray(dtype, size=sketch)
+    for i in tf.range(sketch):
+        s = vector.flatten(vector.rademacher_like(like, rng.fold_in(seed, i)))
+        columns = columns.write(i, matvec(s))
+    q, _ = tf.linalg.qr(tf.transpose(columns.stack()))
+    low_rank = tf.zeros([len(sizes)], dtype)
+    for i in tf.range(sketch):
+        hq = matvec(q[:, i])
+        low_rank += block_dot(q[:, i], hq + project_out(q, hq))
+    samples = tf.TensorArray(dtype, size=residual)
+    for i in tf.range(residual):
+        g = vector.flatten(vector.rademacher_like(like, rng.fold_in(seed, sketch + i)))
+        samples = samples.write(i, block_dot(g, project_out(q, matvec(project_out(q, g)))))
+    return low_rank + samples.stack()

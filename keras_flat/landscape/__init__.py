@@ -16,7 +16,9 @@
 Every evaluation is stateless (no variable of the model changes: weights,
 BatchNorm statistics, metric states and seeds stay as they were), runs with
 BatchNorm in inference mode unless `training=True`, and evaluates all the
-points of a line or grid in one compiled call. Under a `tf.distribute`
+points of a line or grid in one compiled call. The compiled functions take
+the data as arguments and are kept per model and options, so repeated calls
+on the same model (with data of the same shapes) trace once. Under a `tf.distribute`
 strategy's scope the points are divided between the replicas. Results are
 small dataclasses of NumPy arrays with a `to_csv` method.
 

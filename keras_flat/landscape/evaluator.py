@@ -3,12 +3,13 @@
 A point is `w + sum_j c_j d_j`: the model's current values `w` of some of
 its variables (the trainable ones by default) moved along directions
 `d_j`. All points of a grid are evaluated in one call of one
-`tf.function` (a `tf.while_loop` over the points), traced once per
-evaluator whatever the number of directions and points. Each point's values are handed to the
-model through a `keras.StatelessScope`, inside which
-`keras_flat.hessian.HessianOperator.batch_loss` computes the training loss
-exactly as the Hessian measurements do; no variable is ever assigned, so
-BatchNorm statistics, metric states and random seeds are left as they were.
+`tf.function` (a `tf.while_loop` over the points; see
+`keras_flat.landscape.evaluation`), traced once per model, options and
+data signature whatever the number of directions and points. Each point's
+values are handed to the model through a `keras.StatelessScope`, inside
+which the training loss is computed exactly as the Hessian measurements
+do; no variable is ever assigned, so BatchNorm statistics, metric states
+and random seeds are left as they were.
 
 Under a `tf.distribute` strategy's scope the points are divided between
 the replicas (each replica evaluates every `R`-th point on all the data)
@@ -19,18 +20,26 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_flat.hessian import cache
 from keras_flat.hessian.operator import HessianOperator
-
-MODES = ("combination", "rows")
+from keras_flat.landscape.evaluation import CompiledEvaluation
 
 
 class Evaluator:
     """Evaluates the loss and metrics of `model` at points near its weights.
 
+    The compiled evaluation functions take the data as arguments and are
+    kept per model and options (see `keras_flat.hessian.cache`): every
+    evaluator on the same model, options and data shapes shares them, so a
+    one-line `surface_1d`, `surface_2d` or `interpolate` traces once however
+    often it is called.
+
     Args:
         model: A built Keras model, compiled with a loss (or pass `loss`).
         data: The data (see `keras_flat.batches.as_batches`).
-        loss: Loss callable for an uncompiled model.
+        loss: The loss for an uncompiled model: a name such as `"mse"`, a
+            `keras.losses.Loss` or a callable (see
+            `keras_flat.hessian.HessianOperator`).
         training: Layers in training mode (BatchNorm batch statistics).
         batch_size: Split array data into batches of this size.
         num_batches: Use at most this many batches.
@@ -62,119 +71,31 @@ class Evaluator:
         self.variables = list(model.trainable_variables if variables is None else variables)
         self.metrics = bool(metrics) and bool(getattr(model, "compiled", False))
         self.jit_compile = bool(jit_compile)
-        self._nonnegative = {id(v) for v in nonnegative}
-        self._functions = {}
-        self.names = ["loss"]
+        nonnegative = list(nonnegative)
+        kernel = self.operator.kernel
+        key = ("landscape", id(kernel), cache.variables_key(self.variables),
+               cache.variables_key(nonnegative), self.metrics, self.jit_compile)
+        self._compiled = cache.compiled_for(
+            model, key, lambda: self._build(kernel, nonnegative))
+
+    def _build(self, kernel, nonnegative):
         if self.metrics:
-            self._build_metrics()
+            _build_metrics(self.model, self.operator.batches[0])
+        return CompiledEvaluation(kernel, self.variables, nonnegative, self.metrics,
+                                  self.jit_compile)
 
     @property
     def dimension(self):
         return int(sum(np.prod(v.shape) for v in self.variables))
 
-    # ---- One point -------------------------------------------------------
-
-    def _point(self, values):
-        """Loss and metric values at `values` of `self.variables`, one vector."""
-        values = [tf.maximum(x, tf.zeros_like(x)) if id(v) in self._nonnegative else x
-                  for v, x in zip(self.variables, values)]
-        op = self.operator
-        with keras.StatelessScope(state_mapping=list(zip(self.variables, values))) as scope:
-            metrics = self.model.metrics if self.metrics else []
-            for metric in metrics:
-                metric.reset_state()
-            reset = {id(v): scope.get_current_value(v) for m in metrics for v in m.variables}
-            loss = tf.zeros((), op.dtype)
-            for weight, (x, y, sample_weight) in zip(op.batch_weights, op.batches):
-                loss += weight * op.batch_loss(x, y, sample_weight, second_order=False)
-                if metrics:
-                    y_pred = self.model(x, training=op.training)
-                    self.model.compute_metrics(x, y, y_pred, sample_weight)
-            names, results = ["loss"], [tf.cast(loss, tf.float32)]
-            for metric in metrics:
-                if all(scope.get_current_value(v) is reset[id(v)] for v in metric.variables):
-                    continue  # Not updated by compute_metrics (e.g. the loss tracker).
-                result = metric.result()
-                items = result.items() if isinstance(result, dict) else [(metric.name, result)]
-                for name, value in items:
-                    names.append(name)
-                    results.append(tf.cast(value, tf.float32))
-        self.names = names
-        return tf.stack(results)
-
-    def _build_metrics(self):
-        """Creates unbuilt compiled-metric variables now, outside any tf.function.
-
-        Inside a `StatelessScope` Keras defers the new variables'
-        initialisation to the scope's exit and discards the update, so this
-        leaves every metric at its initial state.
-        """
-        x, y, sample_weight = self.operator.batches[0]
-        strategy = getattr(self.model, "distribute_strategy", None) or tf.distribute.get_strategy()
-        with strategy.scope():
-            with keras.StatelessScope():
-                y_pred = self.model(x, training=False)
-                self.model.compute_metrics(x, y, y_pred, sample_weight)
-
-    # ---- Many points -------------------------------------------------------
-
-    def _loop(self, directions, selection, mode):
-        """Evaluates the points `selection` selects, in a tf.while_loop.
-
-        `directions` is one `(k, d)` matrix, so a point's offset is one
-        matrix-vector product (or one row) split into the variables.
-        """
-        dtype = directions.dtype
-        origin = tf.concat([tf.reshape(tf.cast(v.value, dtype), [-1]) for v in self.variables], 0)
-        sizes = [int(np.prod(v.shape)) for v in self.variables]
-        count = tf.shape(selection)[0]
-
-        def body(i, out):
-            if mode == "combination":
-                c = tf.cast(selection[i], dtype)
-                flat = origin + tf.linalg.matvec(directions, c, transpose_a=True)
-            else:
-                flat = origin + directions[selection[i]]
-            parts = tf.split(flat, sizes) if len(sizes) > 1 else [flat]
-            values = [tf.cast(tf.reshape(p, v.shape), v.dtype)
-                      for p, v in zip(parts, self.variables)]
-            return i + 1, out.write(i, self._point(values))
-
-        out = tf.TensorArray(tf.float32, size=count, element_shape=None)
-        _, out = tf.while_loop(lambda i, _: i < count, body, (tf.constant(0), out))
-        return out.stack()
-
-    def _replica(self, directions, selection, mode):
-        context = tf.distribute.get_replica_context()
-        replicas = context.num_replicas_in_sync if context is not None else 1
-        if replicas > 1:
-            rows = tf.range(context.replica_id_in_sync_group, tf.shape(selection)[0], replicas)
-            selection = tf.gather(selection, rows)
-        return self._loop(directions, selection, mode)
-
-    def _function(self, mode, strategy, dtype):
-        key = (mode, id(strategy) if strategy is not None else None, dtype)
-        if key not in self._functions:
-            if strategy is None:
-                def run(directions, selection):
-                    return self._replica(directions, selection, mode)
-            else:
-                def run(directions, selection):
-                    result = strategy.run(self._replica, args=(directions, selection, mode))
-                    return strategy.experimental_local_results(result)
-            # Any number of directions and points: one trace per evaluator and mode.
-            signature = [
-                tf.TensorSpec([None, self.dimension], dtype),
-                tf.TensorSpec([None, None], dtype) if mode == "combination"
-                else tf.TensorSpec([None], tf.int32),
-            ]
-            self._functions[key] = tf.function(run, input_signature=signature,
-                                               jit_compile=self.jit_compile)
-        return self._functions[key]
+    @property
+    def names(self):
+        """The names of the evaluated values: `"loss"`, then the metrics'."""
+        return self._compiled.names
 
     def tracing_count(self):
-        """Total number of times the evaluation functions were traced."""
-        return sum(f.experimental_get_tracing_count() for f in self._functions.values())
+        """How many times the evaluation functions (shared with other evaluators) were traced."""
+        return self._compiled.tracing_count()
 
     def evaluate(self, directions, selection, mode="combination"):
         """Values at many points.
@@ -208,8 +129,9 @@ class Evaluator:
         padded = -(-count // replicas) * replicas
         if padded > count:  # Every replica evaluates the same number of points.
             selection = np.concatenate([selection, np.repeat(selection[-1:], padded - count, 0)])
-        function = self._function(mode, strategy, tf.as_dtype(directions.dtype))
-        out = function(tf.constant(directions), tf.constant(selection))
+        data = self.operator.arguments
+        function = self._compiled.function(mode, strategy, tf.as_dtype(directions.dtype), data)
+        out = function(tf.constant(directions), tf.constant(selection), *data)
         if strategy is None:
             table = out.numpy()
         else:
@@ -219,6 +141,21 @@ class Evaluator:
                 table[r::replicas] = local
         table = np.asarray(table[:count], np.float64)
         return {name: table[:, j] for j, name in enumerate(self.names)}
+
+
+def _build_metrics(model, batch):
+    """Creates unbuilt compiled-metric variables now, outside any tf.function.
+
+    Inside a `StatelessScope` Keras defers the new variables'
+    initialisation to the scope's exit and discards the update, so this
+    leaves every metric at its initial state.
+    """
+    x, y, sample_weight = batch
+    strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+    with strategy.scope():
+        with keras.StatelessScope():
+            y_pred = model(x, training=False)
+            model.compute_metrics(x, y, y_pred, sample_weight)
 
 
 def evaluator_for(model, data, metrics=False, **kwargs):

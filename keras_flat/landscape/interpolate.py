@@ -34,7 +34,8 @@ def interpolate(model_a, model_b, data, num=41, extent=(-0.5, 1.5), *, alphas=No
         alphas: Explicit alpha values (overrides `num` and `extent`).
         metrics: Also compute `model_a`'s compiled metrics (default True).
         training: Layers in training mode (BatchNorm batch statistics).
-        loss: Loss callable for an uncompiled `model_a`.
+        loss: The loss for an uncompiled `model_a`: a name such as `"mse"`,
+            a `keras.losses.Loss`, or a callable `loss(y_true, y_pred)`.
         batch_size: Split array data into batches of this size.
         num_batches: Use at most this many batches.
         jit_compile: Compile the evaluation with XLA.

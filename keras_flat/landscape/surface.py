@@ -80,8 +80,9 @@ def surface_1d(model, data=None, direction=None, extent=1.0, resolution=51, *, m
             0 when the range does.
         metrics: Also compute the compiled metrics (one more forward pass
             per point).
-        **options: `training`, `loss` (for an uncompiled model),
-            `batch_size`, `num_batches`, `jit_compile` (see `Evaluator`).
+        **options: `training`, `loss` (for an uncompiled model: a name such
+            as `"mse"`, a `keras.losses.Loss` or a callable), `batch_size`,
+            `num_batches`, `jit_compile` (see `Evaluator`).
 
     Returns:
         A `Surface1D`.
