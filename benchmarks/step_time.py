@@ -13,10 +13,11 @@ SA, SAM, SAM perturbing every fourth step (`interval=4`) and ASAM.
 Also GSAM, LookSAM (`k=5`, expected ratio about 1 + 1/5) and RWP.
 
 Targets: RS, SAM, ASAM, GSAM, RWP <= 2.05x (two gradient evaluations), RS
-skipping <= 1.05x, SA <= 1.3x, SAM with `interval=4` <= 1.3x. SA gathers
-its example: in a model with BatchNorm it is evaluated with the clean
-batch's statistics held fixed (`keras_flat.batch_statistics`), so "cnn"
-(with BatchNorm) and "cnn-nobn" should cost alike. "transformer" (an encoder block with
+skipping <= 1.05x, SA <= 1.3x on models without BatchNorm ("cnn-nobn"; it
+gathers its example), SAM with `interval=4` <= 1.3x. With BatchNorm ("cnn")
+SA's example keeps its place in the batch (its share of the batch loss), so
+each of its two example gradients is a batch-sized pass: about 3x.
+"transformer" (an encoder block with
 LayerNorm and Dropout) and "lstm" (an LSTM text model) are token models.
 
 Usage:

@@ -14,7 +14,6 @@ from keras_flat import structure
 from keras_flat.algorithm_state import AlgorithmState
 from keras_flat.algorithms.base import as_step
 from keras_flat.algorithms.piece import BuildContext
-from keras_flat.batch_statistics import BatchStatistics
 from keras_flat.oracle import GradientOracle
 from keras_flat.oracle import loss_scale
 from keras_flat.oracle import rescale_gradients
@@ -243,8 +242,6 @@ class FlatMinimaModel(keras.Model):
             clean.forward = list(zip(forward, clean.saved))
         elif self.algorithm.perturbs:
             clean.forward = list(zip(forward, guard.StepGuard(forward).snapshot()))
-        if self.algorithm.perturbs:
-            clean.statistics = BatchStatistics(self.inner)
         with tf.GradientTape() as tape:
             clean.y_pred = self(x, training=True)
             clean.loss = self.compute_loss(
@@ -280,7 +277,7 @@ class FlatMinimaModel(keras.Model):
             self, x, y, sample_weight, clean.variables, seed=seed, scale=clean.scale,
             step=self.optimizer.iterations,
             planned_steps=self.algorithm_state.planned_steps,
-            statistics=clean.statistics, state=clean.forward,
+            state=clean.forward,
         )
 
     def _apply(self, clean, step):
@@ -505,7 +502,6 @@ class _CleanPass:
         self.scale = scale  # The loss scale, or None.
         self.guard = None  # A `guard.StepGuard` of the forward-pass state, if protected.
         self.saved = None  # Its snapshot.
-        self.statistics = None  # The batch statistics, for an algorithm that perturbs.
         self.forward = []  # (variable, value before the forward pass) of its state.
         self.y_pred = None
         self.loss = None

@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from keras_flat import rng
 from keras_flat import vector
-from keras_flat.batch_statistics import batch_normalization_layers
+from keras_flat.internals import flatten_layers
 
 
 class GradientOracle:
@@ -27,15 +27,16 @@ class GradientOracle:
     and directions.
 
     Subsets of a model with batch statistics (BatchNormalization layers in
-    training mode): with `statistics` recovered from the clean pass, the
-    chosen examples are gathered and evaluated in inference mode with every
-    such layer normalising by the clean batch's mean and variance (held
-    fixed, no gradient through them), so each example is normalised as in
-    the clean pass; Dropout and other training-only behaviour is off in
-    these evaluations. Without `statistics` (or when they cannot be
-    recovered, see `keras_flat.batch_statistics`), the examples are kept in
-    the whole batch, evaluated in training mode, with zero weight on the
-    others.
+    training mode) keep the whole batch, in training mode, with zero weight
+    on the other examples: the examples' loss is then their share of the
+    batch loss, through the batch's statistics, exactly as in the clean
+    pass (the shares of all examples sum to the batch loss). A few examples
+    gathered alone would be normalised by their own statistics, a different
+    function; normalised by the clean batch's statistics held fixed, they
+    lose the statistics' dependence on the weights and the invariance to
+    the scale of the weights before a BatchNormalization layer (see
+    docs/algorithms.md). The price is a batch-sized evaluation per subset
+    gradient on such models.
 
     Args:
         model: The `FlatMinimaModel`.
@@ -49,8 +50,6 @@ class GradientOracle:
             schedule.
         planned_steps: The number of steps the current `fit` plans (epochs
             × steps per epoch), or 0 when unknown.
-        statistics: The clean pass's `keras_flat.batch_statistics.BatchStatistics`,
-            or None.
         state: `(variable, value)` pairs: the non-trainable state the clean
             forward pass wrote (BatchNorm statistics, the seeds of Dropout
             and augmentation layers), with the values it had before that
@@ -62,7 +61,7 @@ class GradientOracle:
 
     def __init__(
         self, model, x, y, sample_weight, trainable_variables, seed, scale=None,
-        step=None, planned_steps=None, statistics=None, state=(),
+        step=None, planned_steps=None, state=(),
     ):
         self._scale = scale
         self._step = step
@@ -75,14 +74,12 @@ class GradientOracle:
         self._values = None
         self._seed = seed
         self._state = list(state)
-        self._evaluations = {}
+        self._evaluation = None  # The traced loss and gradient, made at first use.
         strategy = tf.distribute.get_strategy()
         self.num_replicas = strategy.num_replicas_in_sync
         # With batch statistics a few examples alone are a different function
-        # (BatchNorm of a single example is constant): hold the clean batch's
-        # statistics fixed, or else mask instead of gather.
-        self._statistics = statistics if statistics and statistics.recoverable else None
-        self.masked_subsets = self._statistics is None and has_batch_statistics(model)
+        # (BatchNorm of a single example is constant): mask instead of gather.
+        self.masked_subsets = has_batch_statistics(model)
 
     @property
     def step(self):
@@ -188,8 +185,7 @@ class GradientOracle:
         first_key, rest_key = rng.fold_in(seed, 0), rng.fold_in(seed, 1)
         if sync != "global" or self.num_replicas == 1:
             first = _uniform_index(first_key, size)
-            return Subset(_draw(rest_key, size, first, count), masked=self.masked_subsets,
-                          statistics=self._fixed_statistics())
+            return Subset(_draw(rest_key, size, first, count), masked=self.masked_subsets)
         context = tf.distribute.get_replica_context()
         sizes = context.all_gather(tf.reshape(size, [1]), axis=0)
         first = _uniform_index(first_key, tf.reduce_sum(sizes))
@@ -207,20 +203,14 @@ class GradientOracle:
             padded=True,
             active=active,
             masked=self.masked_subsets,
-            statistics=self._fixed_statistics(),
         )
-
-    def _fixed_statistics(self):
-        return None if self._statistics is None else self._statistics.fixed()
 
     def gradient(self, offset=None, subset=None):
         """Loss and gradient at `w + offset`, on the batch or a subset of it.
 
-        Every call of one step runs the same traced function (one per
-        evaluation mode: the batch and masked subsets in training mode,
-        gathered subsets with fixed batch statistics in inference mode), so
-        a rule that evaluates several gradients traces the model once more,
-        not once per gradient.
+        Every call of one step runs the same traced function, so a rule that
+        evaluates several gradients traces the model once more, not once
+        per gradient.
 
         Args:
             offset: `None` or a list of tensors shaped like the trainable
@@ -235,11 +225,11 @@ class GradientOracle:
         values = list(self.variables)
         if offset is not None:
             values = vector.add(values, offset)
-        fixed = None
         if subset is not None:
             x, y, sample_weight = subset.take(x, y, sample_weight)
-            fixed = subset.statistics
-        loss, grads = self._evaluation(fixed)(values, x, y, sample_weight)
+        if self._evaluation is None:
+            self._evaluation = tf.function(self._loss_and_gradient)
+        loss, grads = self._evaluation(values, x, y, sample_weight)
         if subset is not None and subset.scale != 1.0:
             # Only the replica holding the examples contributes: the others
             # would otherwise add their share of the regularization losses.
@@ -249,30 +239,13 @@ class GradientOracle:
                               tf.zeros_like(g)) for g in grads]
         return loss, grads
 
-    def _evaluation(self, fixed):
-        """The compiled `(values, x, y, sample_weight) -> (loss, grads)` of a mode.
-
-        `fixed` is None (training mode) or the `(variable, value)` pairs of
-        batch statistics an inference-mode evaluation normalises by.
-        """
-        key = None if fixed is None else "fixed statistics"
-        if key not in self._evaluations:
-            mapping = self._state + list(fixed or [])
-            training = fixed is None
-
-            def evaluate(values, x, y, sample_weight):
-                return self._loss_and_gradient(values, x, y, sample_weight, mapping, training)
-
-            self._evaluations[key] = tf.function(evaluate)
-        return self._evaluations[key]
-
-    def _loss_and_gradient(self, values, x, y, sample_weight, mapping, training):
+    def _loss_and_gradient(self, values, x, y, sample_weight):
         model = self._model
-        mapping = mapping + list(zip(self.trainable_variables, values))
+        mapping = self._state + list(zip(self.trainable_variables, values))
         with tf.GradientTape() as tape:
             tape.watch(values)
             with keras.StatelessScope(state_mapping=mapping, collect_losses=True):
-                y_pred = model(x, training=training)
+                y_pred = model(x, training=True)
                 loss = model.compute_loss(
                     x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
                     training=True,
@@ -301,20 +274,16 @@ class Subset:
             of the examples.
         masked: Keep the whole batch and give the other examples zero
             weight, instead of gathering the chosen ones.
-        statistics: `(variable, value)` pairs fixing the batch statistics
-            the gathered examples are normalised by (see
-            `keras_flat.batch_statistics`), or None.
     """
 
     def __init__(self, indices, weight=None, scale=1.0, padded=False, active=True,
-                 masked=False, statistics=None):
+                 masked=False):
         self.indices = indices
         self.weight = weight
         self.scale = scale
         self.padded = padded
         self.active = tf.convert_to_tensor(active)
         self.masked = masked
-        self.statistics = statistics
 
     def take(self, x, y, sample_weight):
         """The subset of a batch as `(x, y, sample_weight)`."""
@@ -366,8 +335,13 @@ class Subset:
 
 
 def has_batch_statistics(model):
-    """Whether any layer of `model` normalises with batch statistics in training."""
-    return bool(batch_normalization_layers(model))
+    """Whether any layer of `model` normalises with batch statistics in training.
+
+    A BatchNormalization layer frozen with `trainable=False` normalises by
+    its moving statistics even in training mode, like a per-example layer.
+    """
+    return any(isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+               for layer in flatten_layers(model))
 
 
 def _uniform_index(key, size):

@@ -12,6 +12,7 @@ weights stay bit-identical throughout.
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import keras_flat
 
@@ -41,52 +42,27 @@ def _take(structure, indices):
     return structure[indices]
 
 
-def batch_statistics(inner, x, values):
-    """`{id(variable): value}` mapping each BatchNorm layer's moving statistics to
-    the batch's, on batch `x` at trainable values `values`, computed in NumPy.
-
-    Each trainable BatchNormalization layer's input is computed by a sub-model
-    in training mode (earlier layers normalise by the batch, as in the clean
-    pass), and its mean and (biased) variance are taken over every axis but
-    the channels.
-    """
-    position = {id(v): i for i, v in enumerate(inner.trainable_variables)}
-    fixed = {}
-    for layer in inner.layers:
-        if not (isinstance(layer, keras.layers.BatchNormalization) and layer.trainable):
-            continue
-        probe = keras.Model(inner.inputs, layer.input)
-        trainable = [values[position[id(v)]] for v in probe.trainable_variables]
-        non_trainable = [v.value for v in probe.non_trainable_variables]
-        a, _ = probe.stateless_call(trainable, non_trainable, x, training=True)
-        a = np.asarray(a, np.float64)
-        axes = tuple(range(a.ndim - 1))
-        mean = a.mean(axis=axes)
-        fixed[id(layer.moving_mean)] = mean
-        fixed[id(layer.moving_variance)] = np.square(a - mean).mean(axis=axes)
-    return fixed
-
-
 def _examples_gradient(zoo_model, inner, x, y):
     """`sub_grad(values, indices)`: the gradient of the chosen examples' mean loss.
 
-    With BatchNorm, the chosen examples are evaluated in inference mode with
-    every BatchNorm layer normalising by the clean batch's statistics at the
-    clean weights (held fixed), so each is normalised as in the clean pass.
+    With BatchNorm, the chosen examples keep their place in the whole batch,
+    in training mode (normalised by the batch's statistics, through which the
+    gradient flows), with zero weight on the others: their share of the batch
+    loss. Without it they are gathered and evaluated alone.
     """
-    statistics = None
-    if zoo_model.batchnorm:
-        w = [np.array(v) for v in inner.trainable_variables]
-        fixed = batch_statistics(inner, x, w)
-        statistics = [fixed.get(id(v), np.array(v)) for v in inner.non_trainable_variables]
+    whole = zoo.gradient_function(zoo_model.losses(), inner, x, y, compiled=False)
+    size = len(tf.nest.flatten(x)[0])
     cache = {}
 
     def sub_grad(values, idx):
+        if zoo_model.batchnorm:
+            weights = np.zeros(size)
+            weights[np.asarray(idx)] = size / len(idx)
+            return whole(values, weights)[1]
         key = tuple(int(i) for i in idx)
         if key not in cache:
             cache[key] = zoo.gradient_function(
-                zoo_model.losses(), inner, _take(x, idx), _take(y, idx), compiled=False,
-                training=statistics is None, non_trainable=statistics)
+                zoo_model.losses(), inner, _take(x, idx), _take(y, idx), compiled=False)
         return cache[key](values)[1]
     return sub_grad
 

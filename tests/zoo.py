@@ -25,7 +25,10 @@ import keras_flat
 ALGORITHMS = ("none", "sam", "asam", "rs", "sa")
 ALGORITHM_ARGS = {
     "sam": {"rho": 0.05},
-    "asam": {"rho": 0.5, "eta": 0.01},
+    # ASAM's default radius 0.5 (its paper's CIFAR setting) barely trains the
+    # transformer at Adam 0.02 within check_training's five epochs (its
+    # defaults' row in benchmarks/defaults.py shows the same on a larger run).
+    "asam": {"rho": 0.2, "eta": 0.01},
     "rs": {"rho": 0.05},
     "sa": {"rho": 0.05},
 }
