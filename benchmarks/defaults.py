@@ -560,7 +560,7 @@ def report(task_list, configs, seeds, records, args, compare=None):
         if all(m is None or m == "ref" for m in marks):
             continue
         cells = [{True: "pass", False: "fail", None: "–", "ref": "ref"}[m] for m in marks]
-        judged = [m for m in marks if m != "ref"]
+        judged = [m for m in marks if m not in ("ref", None)]
         lines.append(f"| {config.label} | " + " | ".join(cells)
                      + f" | {sum(m is True for m in judged)}/{len(judged)} |")
     return "\n".join(lines) + "\n"
