@@ -278,6 +278,22 @@ def _accuracy(one_hot):
     return keras.metrics.CategoricalAccuracy(name="accuracy") if one_hot else "accuracy"
 
 
+def epoch_batches(x, y, epochs, batch, seed):
+    """All epochs' batches, each epoch in its own order (a NumPy permutation from `seed`).
+
+    One dataset for one `fit(epochs=epochs, steps_per_epoch=steps)` call: Keras
+    keeps iterating it across epochs, and `fit` plans all the steps (rules
+    with a `start` fraction or a schedule over training read that plan).
+    Returns the dataset and the steps per epoch.
+    """
+    order = np.random.default_rng(seed)
+    permutations = np.stack([order.permutation(len(x)) for _ in range(epochs)])
+    dataset = tf.data.Dataset.from_tensor_slices(permutations).flat_map(
+        lambda p: tf.data.Dataset.from_tensor_slices(p).batch(batch))
+    dataset = dataset.map(lambda i: (tf.gather(x, i), tf.gather(y, i)))
+    return dataset.prefetch(2), math.ceil(len(x) / batch)
+
+
 def run_scratch(task, config, seed, args):
     """One configuration of a from-scratch task for one seed; returns its record."""
     x_train, y_train, x_test, y_test = task.data()
@@ -287,15 +303,10 @@ def run_scratch(task, config, seed, args):
     model = config.wrap(inner, seed)
     model.compile(optimizer=task.optimizer(), loss=task.loss(),
                   metrics=[_accuracy(task.one_hot)])
-    order = np.random.default_rng(seed)
-    history = {}
+    batches, steps = epoch_batches(x_train, y_train, task.epochs, task.batch, seed)
     started = time.perf_counter()
-    for epoch in range(task.epochs):
-        permutation = order.permutation(len(x_train))
-        h = model.fit(x_train[permutation], y_train[permutation], batch_size=task.batch,
-                      epochs=epoch + 1, initial_epoch=epoch, shuffle=False, verbose=0)
-        for key, values in h.history.items():
-            history.setdefault(key, []).extend(values)
+    history = model.fit(batches, epochs=task.epochs, steps_per_epoch=steps, shuffle=False,
+                        verbose=0).history
     seconds = time.perf_counter() - started
     test = model.evaluate(x_test, y_test, batch_size=256, verbose=0, return_dict=True)
     train = model.evaluate(x_train, y_train, batch_size=256, verbose=0, return_dict=True)
