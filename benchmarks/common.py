@@ -40,16 +40,17 @@ def cnn(size=32, channels=3, classes=10, width=32, batchnorm=True):
 VOCAB, SEQUENCE = 1000, 32
 
 
-def transformer(dim=64, heads=4, hidden=128, classes=10):
+def transformer(dim=64, heads=4, hidden=128, classes=10, vocab=VOCAB, sequence=SEQUENCE):
     """A transformer encoder block on 32 tokens: ~100k parameters.
 
     Token and position embeddings, 4-head self-attention and a GELU MLP,
     each with a residual connection, Dropout and LayerNorm, then average
-    pooling and a classifier.
+    pooling and a classifier. `vocab` and `sequence` size the embeddings
+    (by default 1,000 tokens and sequences of 32).
     """
-    tokens = keras.Input((SEQUENCE,), dtype="int32")
-    positions = tokens * 0 + keras.ops.arange(SEQUENCE, dtype="int32")
-    h = keras.layers.Embedding(VOCAB, dim)(tokens) + keras.layers.Embedding(SEQUENCE, dim)(
+    tokens = keras.Input((sequence,), dtype="int32")
+    positions = tokens * 0 + keras.ops.arange(sequence, dtype="int32")
+    h = keras.layers.Embedding(vocab, dim)(tokens) + keras.layers.Embedding(sequence, dim)(
         positions)
     attention = keras.layers.MultiHeadAttention(heads, dim // heads)(h, h)
     h = keras.layers.LayerNormalization()(h + keras.layers.Dropout(0.1)(attention))
