@@ -14,10 +14,10 @@ from keras_flat import structure
 from keras_flat.algorithm_state import AlgorithmState
 from keras_flat.algorithms.base import as_step
 from keras_flat.algorithms.piece import BuildContext
+from keras_flat.evaluation import BatchEvaluation
 from keras_flat.oracle import GradientOracle
 from keras_flat.oracle import loss_scale
 from keras_flat.oracle import rescale_gradients
-from keras_flat.oracle import unscale_gradients
 from keras_flat.step_statistics import StepStatistics
 from keras_flat.validation import check_choice
 from keras_flat.validation import check_number
@@ -230,38 +230,35 @@ class FlatMinimaModel(keras.Model):
     def _clean_pass(self, x, y, sample_weight):
         """Step 1: the forward pass (the only one that writes state) and its gradient."""
         clean = _CleanPass(scale=loss_scale(self.optimizer))
+        if not self.inner.built:  # Only in the first trace, which builds the model.
+            with keras.StatelessScope():
+                self.inner(x, training=True)
+        if self._algorithm_built_for is None:
+            self._build_algorithm()
         # The forward pass writes BatchNorm statistics and the seeds of random
         # layers (Dropout, augmentation); the step's own seed counter advances
         # too. Their values before it are what a skipped step restores, and
         # what the perturbed passes see, so random layers draw there exactly
         # what they drew in the clean pass.
         forward = guard.forward_state(self.inner)
-        if self.on_nonfinite != "ignore":
-            clean.guard = guard.StepGuard(forward + [self.seed_generator.state])
-            clean.saved = clean.guard.snapshot()
-            clean.forward = list(zip(forward, clean.saved))
-        elif self.algorithm.perturbs:
-            clean.forward = list(zip(forward, guard.StepGuard(forward).snapshot()))
-        with tf.GradientTape() as tape:
-            clean.y_pred = self(x, training=True)
-            clean.loss = self.compute_loss(
-                x=x, y=y, y_pred=clean.y_pred, sample_weight=sample_weight, training=True
-            )
-            scaled_loss = clean.loss
-            if clean.scale is not None:
-                scaled_loss = clean.loss * tf.cast(clean.scale, clean.loss.dtype)
+        clean.guard = guard.StepGuard(forward + [self.seed_generator.state])
+        clean.saved = clean.guard.snapshot()
+        clean.forward = list(zip(forward, clean.saved))
+        variables = self.trainable_variables
+        clean.evaluation = BatchEvaluation(self, variables, clean.forward, clean.scale)
+        values = [tf.convert_to_tensor(v) for v in variables]
+        clean.loss, grads, clean.y_pred, written = clean.evaluation(
+            values, x, y, sample_weight)
+        for variable, value in zip(forward, written):
+            variable.assign(value)
         internals.loss_tracker(self).update_state(
             _unscale_for_distribution(clean.loss), sample_weight=_batch_size(x)
         )
-        # Read after the forward pass: an unbuilt model creates them there.
-        variables = self.trainable_variables
-        if self._algorithm_built_for is None:
-            self._build_algorithm()
-        if variables:
-            grads = tape.gradient(scaled_loss, variables)
-            connected = [i for i, g in enumerate(grads) if g is not None]
-            clean.variables = [variables[i] for i in connected]
-            clean.grads = unscale_gradients([grads[i] for i in connected], clean.scale)
+        connected = [i for i, g in enumerate(grads) if g is not None]
+        clean.variables = [variables[i] for i in connected]
+        clean.grads = [grads[i] for i in connected]
+        if self.on_nonfinite == "ignore":
+            clean.guard = None
         return clean
 
     def _oracle(self, clean, x, y, sample_weight):
@@ -277,7 +274,7 @@ class FlatMinimaModel(keras.Model):
             self, x, y, sample_weight, clean.variables, seed=seed, scale=clean.scale,
             step=self.optimizer.iterations,
             planned_steps=self.algorithm_state.planned_steps,
-            state=clean.forward,
+            state=clean.forward, evaluation=clean.evaluation,
         )
 
     def _apply(self, clean, step):
@@ -503,6 +500,7 @@ class _CleanPass:
         self.guard = None  # A `guard.StepGuard` of the forward-pass state, if protected.
         self.saved = None  # Its snapshot.
         self.forward = []  # (variable, value before the forward pass) of its state.
+        self.evaluation = None  # The step's `BatchEvaluation`, shared with the oracle.
         self.y_pred = None
         self.loss = None
         self.variables = []  # The trainable variables the loss depends on.

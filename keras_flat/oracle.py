@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from keras_flat import rng
 from keras_flat import vector
+from keras_flat.evaluation import BatchEvaluation
 from keras_flat.internals import flatten_layers
 
 
@@ -51,17 +52,18 @@ class GradientOracle:
         planned_steps: The number of steps the current `fit` plans (epochs
             × steps per epoch), or 0 when unknown.
         state: `(variable, value)` pairs: the non-trainable state the clean
-            forward pass wrote (BatchNorm statistics, the seeds of Dropout
+            forward pass writes (BatchNorm statistics, the seeds of Dropout
             and augmentation layers), with the values it had before that
-            pass. Every evaluation starts from them, so random layers draw
-            what they drew in the clean pass (on the same examples: a subset
-            of examples is a different shape, and draws its own numbers,
-            the same in every evaluation of the step).
+            pass; see `keras_flat.evaluation.BatchEvaluation`.
+        evaluation: The step's `BatchEvaluation` (shared with the clean
+            pass), or None for one of the oracle's own. It may know more
+            variables than `trainable_variables` (those the loss does not
+            reach); they keep their current values.
     """
 
     def __init__(
         self, model, x, y, sample_weight, trainable_variables, seed, scale=None,
-        step=None, planned_steps=None, state=(),
+        step=None, planned_steps=None, state=(), evaluation=None,
     ):
         self._scale = scale
         self._step = step
@@ -73,8 +75,12 @@ class GradientOracle:
         self.trainable_variables = list(trainable_variables)
         self._values = None
         self._seed = seed
-        self._state = list(state)
-        self._evaluation = None  # The traced loss and gradient, made at first use.
+        if evaluation is None:
+            evaluation = BatchEvaluation(model, self.trainable_variables, state, scale)
+        self._evaluation = evaluation
+        # Where each of this oracle's variables sits among the evaluation's.
+        index = {id(v): i for i, v in enumerate(evaluation.variables)}
+        self._positions = [index[id(v)] for v in self.trainable_variables]
         strategy = tf.distribute.get_strategy()
         self.num_replicas = strategy.num_replicas_in_sync
         # With batch statistics a few examples alone are a different function
@@ -227,9 +233,7 @@ class GradientOracle:
             values = vector.add(values, offset)
         if subset is not None:
             x, y, sample_weight = subset.take(x, y, sample_weight)
-        if self._evaluation is None:
-            self._evaluation = tf.function(self._loss_and_gradient)
-        loss, grads = self._evaluation(values, x, y, sample_weight)
+        loss, grads = self._evaluate(values, x, y, sample_weight)
         if subset is not None and subset.scale != 1.0:
             # Only the replica holding the examples contributes: the others
             # would otherwise add their share of the regularization losses.
@@ -239,25 +243,16 @@ class GradientOracle:
                               tf.zeros_like(g)) for g in grads]
         return loss, grads
 
-    def _loss_and_gradient(self, values, x, y, sample_weight):
-        model = self._model
-        mapping = self._state + list(zip(self.trainable_variables, values))
-        with tf.GradientTape() as tape:
-            tape.watch(values)
-            with keras.StatelessScope(state_mapping=mapping, collect_losses=True):
-                y_pred = model(x, training=True)
-                loss = model.compute_loss(
-                    x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
-                    training=True,
-                )
-            scaled = loss if self._scale is None else loss * tf.cast(
-                self._scale, loss.dtype
-            )
-        grads = tape.gradient(scaled, values)
-        grads = [
-            tf.zeros_like(v) if g is None else g for g, v in zip(grads, values)
-        ]
-        return loss, unscale_gradients(grads, self._scale)
+    def _evaluate(self, values, x, y, sample_weight):
+        """The evaluation's loss and gradient, at `values` for this oracle's variables."""
+        full = list(values)
+        if len(self._evaluation.variables) != len(values):
+            full = [tf.convert_to_tensor(v) for v in self._evaluation.variables]
+            for position, value in zip(self._positions, values):
+                full[position] = value
+        loss, grads, _, _ = self._evaluation(full, x, y, sample_weight)
+        grads = [grads[p] for p in self._positions]
+        return loss, [tf.zeros_like(v) if g is None else g for g, v in zip(grads, values)]
 
 
 class Subset:
@@ -363,7 +358,7 @@ def loss_scale(optimizer):
 
     Covers `keras.optimizers.LossScaleOptimizer` (mixed precision) and the
     `loss_scale_factor` argument of every Keras optimizer. Read it once per
-    step and use it for both `unscale_gradients` and `rescale_gradients`.
+    step and use it for the evaluation's unscaling and `rescale_gradients`.
     """
     scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer) or (
         getattr(optimizer, "loss_scale_factor", None) is not None
@@ -373,15 +368,8 @@ def loss_scale(optimizer):
     return tf.cast(optimizer.scale_loss(tf.constant(1.0, tf.float32)), tf.float32)
 
 
-def unscale_gradients(grads, scale):
-    """Divides gradients of a scaled loss by `scale` (no-op for None)."""
-    if scale is None:
-        return list(grads)
-    return [_times(g, 1.0 / scale) for g in grads]
-
-
 def rescale_gradients(grads, scale):
-    """Inverse of `unscale_gradients`, to hand gradients back to the optimizer."""
+    """Multiplies true-scale gradients by `scale`, to hand them back to the optimizer."""
     if scale is None:
         return list(grads)
     return [_times(g, scale) for g in grads]

@@ -35,12 +35,19 @@ def _weights(model):
 
 
 class NanWhenPerturbed(keras.layers.Layer):
-    """Identity, except NaN in the perturbed pass (which runs in a StatelessScope)."""
+    """`x·(1 + v)`, NaN as soon as its scalar weight `v` (0 at the start) moves.
+
+    The added `sqrt(1e-12 - v²) - 1e-6` is 0 at `v = 0` and NaN once `|v|`
+    exceeds 1e-6: every perturbation (which moves `v` with the rest) gives
+    NaN, the clean pass does not.
+    """
+
+    def build(self, input_shape):
+        self.v = self.add_weight(shape=(), initializer="zeros")
 
     def call(self, x):
-        if keras.src.backend.in_stateless_scope():
-            return x * float("nan")
-        return x
+        edge = keras.ops.sqrt(1e-12 - keras.ops.square(self.v)) - 1e-6
+        return x * (1.0 + self.v) + edge
 
 
 def _nan_when_perturbed_model():
