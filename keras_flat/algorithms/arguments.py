@@ -11,6 +11,7 @@ every accepted one.
 import difflib
 import functools
 import inspect
+import warnings
 
 from keras_flat.algorithms import registry
 
@@ -24,6 +25,10 @@ SYNONYMS = (
     (("start", "warmup", "start_step", "start_epoch", "begin", "delay"), "start"),
     (("perturbation_sync", "sync", "m_sharpness", "sync_mode"), "perturbation sync"),
     (("examples", "num_examples", "n_examples", "examples_per_step"), "number of examples"),
+    (("perturbed_weight", "lmbda", "lam", "lamb", "mix", "mixing"),
+     "weight of the perturbed gradient, the official scripts' --lambda"),
+    (("threshold_start", "lambda2", "lambda_2", "c_start"), "threshold at the start"),
+    (("threshold_end", "lambda1", "lambda_1", "c_end"), "threshold at the end"),
 )
 
 _PARAMETER_KINDS = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD,
@@ -140,3 +145,39 @@ def rule(cls):
     """`cls`'s name, with its registered name if it has one: `RWP ("rwp")`."""
     entry = registry.by_class(cls)
     return f'{cls.__name__} ("{entry.name}")' if entry else cls.__name__
+
+
+def deprecated(old, new, meaning=""):
+    """Warns that argument `old` is deprecated in favour of `new`.
+
+    Args:
+        old: The deprecated argument's name.
+        new: The argument to use instead.
+        meaning: How the old value translates, e.g. `"perturbed_weight = 1 - alpha"`.
+    """
+    warnings.warn(
+        f"Argument `{old}` is deprecated and will be removed in the next release; use "
+        f"`{new}` instead" + (f" ({meaning})" if meaning else "") + ".",
+        DeprecationWarning, stacklevel=3,
+    )
+
+
+def renamed_config(config, translations):
+    """A saved config with deprecated keys translated, without warnings.
+
+    A config saved before a rename records the old names; loading it must
+    give the rule it described, so each old key is turned into the new
+    ones it meant.
+
+    Args:
+        config: A config dict.
+        translations: `{old_key: function(old_value) -> {new_key: value}}`.
+
+    Returns:
+        A new dict.
+    """
+    config = dict(config)
+    for old, translate in translations.items():
+        if old in config:
+            config.update(translate(config.pop(old)))
+    return config
