@@ -44,6 +44,9 @@ class AESAM(SAM):
     >>> model = keras_flat.FlatMinimaModel(inner, AESAM(rho=0.05))  # doctest: +SKIP
     """
 
+    #: Accepted for one release, never suggested (see `arguments.suggestion`).
+    DEPRECATED_ARGUMENTS = ("thresholds",)
+
     def __init__(self, rho=0.05, decay=0.9, *, threshold_start=1.0, threshold_end=-1.0,
                  perturbation_sync="global", start=None, thresholds=None):
         self.trigger = when.AdaptiveTrigger(decay, threshold_start, threshold_end, thresholds)

@@ -77,9 +77,15 @@ def accepted(cls):
     return names
 
 
+def current(cls, names):
+    """`names` without the deprecated arguments of `cls` (its `DEPRECATED_ARGUMENTS`)."""
+    deprecated_names = getattr(cls, "DEPRECATED_ARGUMENTS", ())
+    return [name for name in names if name not in deprecated_names]
+
+
 def call_error(cls, signature, args, kwargs, error):
     """The message for arguments that do not fit `signature` (`error` is Python's)."""
-    names = accepted(cls)
+    names = current(cls, accepted(cls))
     parameters = list(signature.parameters.values())[1:]
     positional = [p.name for p in parameters if p.kind in _PARAMETER_KINDS[:2]]
     kinds = {p.kind for p in parameters}
@@ -125,8 +131,9 @@ def suggestion(cls, key, names):
 
     In order: an argument of `cls` that means the same (`SYNONYMS`), one
     spelt alike (`difflib.get_close_matches`), or the registered rules that
-    take `key`.
+    take `key`. Deprecated arguments are never suggested.
     """
+    names = current(cls, names)
     for group, meaning in SYNONYMS:
         meant = [name for name in group if name in names and name != key]
         if key in group and meant:
@@ -135,7 +142,7 @@ def suggestion(cls, key, names):
     if close:
         return f"Did you mean `{close[0]}`?"
     others = [entry for entry in registry.entries()
-              if entry.cls is not cls and key in accepted(entry.cls)]
+              if entry.cls is not cls and key in current(entry.cls, accepted(entry.cls))]
     if others:
         return f"`{key}` is an argument of " + ", ".join(rule(e.cls) for e in others) + "."
     return ""

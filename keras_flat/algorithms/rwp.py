@@ -65,6 +65,8 @@ class RWP(Composite):
     """
 
     adaptive = False
+    #: Accepted for one release, never suggested (see `arguments.suggestion`).
+    DEPRECATED_ARGUMENTS = ("alpha",)
 
     def __init__(self, sigma=0.01, *, perturbed_weight=0.5, include_offsets=False,
                  perturbation_sync="global", interval=1, start=None, alpha=None):

@@ -230,6 +230,8 @@ class FilterGaussian(RadiusPerturbation):
         full = ctx.global_view(h)
         out = []
         for i, (parameter, grad) in enumerate(zip(ctx.parameters(), full)):
+            if not self._perturbed(parameter):
+                continue  # Its sum is never read.
             fisher = state["fisher"][i]
             squares = tf.reduce_sum(tf.square(tf.cast(grad, tf.float32)),
                                     axis=self._fisher_axes(parameter), keepdims=True)
