@@ -81,7 +81,7 @@ class GSAM(SAM):
         config = dict(config)
         if "rho_min" not in config:  # Saved when GSAM's radius was constant.
             rho = config.get("rho", 0.05)
-            config["rho_min"] = rho if isinstance(rho, (int, float)) else None
+            config["rho_min"] = rho if radius.is_constant(rho) else None
         return super().from_config(config)
 
 

@@ -25,6 +25,8 @@ model = keras_flat.FlatMinimaModel(inner, keras_flat.algorithms.SAM(rho=decay))
 ```
 """
 
+import numbers
+
 import keras
 import tensorflow as tf
 
@@ -156,7 +158,7 @@ def check(name, value):
     if isinstance(value, FollowLearningRate) or (callable(value) and hasattr(value, "get_config")
                                                  and not isinstance(value, type)):
         return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(
             f"Argument `{name}` must be a finite number >= 0, a "
             "keras.optimizers.schedules.LearningRateSchedule (or another serializable "
@@ -168,7 +170,7 @@ def check(name, value):
 
 def is_constant(value):
     """Whether a checked radius is a plain number."""
-    return isinstance(value, (int, float))
+    return isinstance(value, numbers.Real)
 
 
 def _tracker(value):

@@ -7,6 +7,7 @@ it with no test edited).
 """
 
 import dataclasses
+import numbers
 import textwrap
 
 
@@ -163,7 +164,7 @@ def label(algorithm, radius=True):
 
 def describe_radius(value):
     """A radius for a label: `0.05`, or a schedule's class name."""
-    return f"{value:g}" if isinstance(value, (int, float)) else type(value).__name__
+    return f"{value:g}" if isinstance(value, numbers.Real) else type(value).__name__
 
 
 #: The line of a docstring that `fill_docstring` replaces with `describe()`.
