@@ -7,9 +7,15 @@ filter in proportion to its norm, and the landscape's filter normalisation
 
 A filter is one *output unit* of a layer: the slice of a parameter that
 produces one output feature. Keras stores output units on the last axis of
-most kernels, where PyTorch stores them on the first; the rules below give
-the same filters as the PyTorch reference implementations for the layers
-both frameworks share. By the layer that owns the variable:
+most kernels, where PyTorch stores them on the first. The PyTorch reference
+implementations (RWP's, the filter-normalised directions of Li et al.) take
+the slices along a parameter's first axis, whatever the layer; for dense,
+convolution, depthwise, recurrent, attention and embedding layers that is
+the output unit, and the rules below give the same filters. Transposed
+convolutions differ: PyTorch stores their kernels `(in, out, ...)`, so the
+reference code's filters there are *input* channels, while keras-flat's
+are output channels, as for every other layer. By the layer that owns the
+variable:
 
 - `Dense`, `Conv1D/2D/3D`, `LSTM`/`GRU`/`SimpleRNN` kernels and any other
   kernel of rank >= 2 (kind `"weight"`): one slice along the last axis,

@@ -33,7 +33,8 @@ def test_rwp_given_rho_is_pointed_to_sigma(build):
     message = _message(build, "rwp", rho=0.1)
     assert message == (
         'RWP ("rwp") got an unknown argument `rho`. Did you mean `sigma` (RWP\'s radius)? '
-        "Accepted: sigma, alpha, include_offsets, perturbation_sync, interval, start. "
+        "Accepted: sigma, perturbed_weight, include_offsets, perturbation_sync, interval, "
+        "start. "
         "Received: rho=0.1.")
 
 
@@ -42,7 +43,8 @@ def test_every_rule_names_itself_the_argument_and_what_it_accepts(name):
     cls = registry.entry(name).cls
     message = _message("class", name, no_such_argument=1)
     assert f'{cls.__name__} ("{name}") got an unknown argument `no_such_argument`.' in message
-    accepted = [p for p in inspect.signature(cls).parameters]
+    deprecated = getattr(cls, "DEPRECATED_ARGUMENTS", ())  # Accepted, not advertised.
+    accepted = [p for p in inspect.signature(cls).parameters if p not in deprecated]
     assert f"Accepted: {', '.join(accepted)}." in message
 
 
@@ -67,7 +69,14 @@ def test_the_nearest_accepted_argument_is_suggested(name, given, meant):
 
 def test_an_argument_of_other_rules_names_them():
     message = _message("class", "sam", alpha=0.1)
-    assert "`alpha` is an argument of GSAM (\"gsam\"), LookSAM (\"looksam\")" in message
+    # Not RWP's or ARWP's: `alpha` is deprecated there, never suggested.
+    assert "`alpha` is an argument of GSAM (\"gsam\"), LookSAM (\"looksam\")." in message
+
+
+def test_deprecated_arguments_are_not_suggested():
+    assert "Did you mean `perturbed_weight`" in _message("get", "rwp", lmbda=0.3)
+    message = _message("get", "aesam", threshold=0.3)
+    assert "thresholds" not in message.split("Accepted")[0]
 
 
 def test_several_unknown_arguments_are_all_named():
@@ -93,7 +102,8 @@ def test_wrong_positional_use_is_explained():
 def test_the_check_keeps_signatures_and_subclasses_that_pass_arguments_on():
     from keras_flat.algorithms import arguments
 
-    assert list(inspect.signature(algorithms.RWP).parameters)[:2] == ["sigma", "alpha"]
+    assert list(inspect.signature(algorithms.RWP).parameters)[:2] == ["sigma",
+                                                                      "perturbed_weight"]
 
     class Extra(algorithms.SAM):
         def __init__(self, extra=1, **kwargs):

@@ -133,8 +133,8 @@ def _normals(step, w):
 
 @pytest.mark.parametrize("include_offsets", [False, True])
 def test_rwp_mixes_the_clean_gradient_with_one_at_filter_wise_noise(include_offsets):
-    sigma, alpha = 0.2, 0.3
-    model, x, y, w = _model(algorithms.RWP(sigma=sigma, alpha=alpha,
+    sigma, weight = 0.2, 0.3  # `weight` is the official scripts' --lambda, on h.
+    model, x, y, w = _model(algorithms.RWP(sigma=sigma, perturbed_weight=weight,
                                            include_offsets=include_offsets))
     ref = NumpyMLP(l2=L2)
     std = _filter_std(w, sigma, include_offsets)
@@ -145,26 +145,65 @@ def test_rwp_mixes_the_clean_gradient_with_one_at_filter_wise_noise(include_offs
     assert std[0].shape == (1, w[0].shape[1]) and np.ptp(std[0]) > 0
     g = ref.grad(w, x, y)
     h = ref.grad([a + e for a, e in zip(w, noise)], x, y)
-    expected = _sgd(w, [alpha * a + (1 - alpha) * b for a, b in zip(g, h)])
+    expected = _sgd(w, [(1 - weight) * a + weight * b for a, b in zip(g, h)])
     _assert_close(_train(model, x, y, 1)[0], expected)
 
 
-def test_arwp_shrinks_the_noise_of_filters_with_large_accumulated_gradients():
-    sigma, alpha, eta, beta = 0.2, 0.5, 3.0, 0.9
-    model, x, y, w = _model(algorithms.ARWP(sigma=sigma, alpha=alpha, eta=eta, beta=beta))
+def _fisher_sums(t, per_filter):
+    """A variable's squared gradient summed over each filter (kernel) or kept (vector)."""
+    if t.ndim > 1:
+        return np.sum(t ** 2, axis=tuple(range(t.ndim - 1)), keepdims=True)
+    return np.sum(t ** 2, keepdims=True) if per_filter else t ** 2
+
+
+def _fisher_state(model):
+    """ARWP's accumulated sums, in the order of the trainable variables."""
+    found = {v.path.split("/")[-1]: np.array(v, np.float64)
+             for v in model.algorithm_state.weights if "fisher" in v.path}
+    return [found[f"where_fisher_{i}"] for i in range(len(found))]
+
+
+@pytest.mark.parametrize("include_offsets", [False, True])
+def test_arwp_accumulates_the_squared_perturbed_gradient_per_filter(include_offsets):
+    # The official m-ARWP code (train_marwp.py) sums the squared gradient taken
+    # at the *perturbed* point, per output filter of a kernel and per element of
+    # a perturbed vector, and divides each noise std by sqrt(1 + eta * sum).
+    sigma, weight, eta, beta, steps = 0.2, 0.5, 3.0, 0.9, 3
+    model, x, y, w = _model(algorithms.ARWP(sigma=sigma, perturbed_weight=weight, eta=eta,
+                                            beta=beta, include_offsets=include_offsets))
     ref = NumpyMLP(l2=L2)
-    fisher = [np.zeros_like(s) for s in _filter_std(w, 1.0, True)]
-    for step in range(3):
-        std = [s / np.sqrt(1.0 + eta * f) for s, f in zip(_filter_std(w, sigma, False), fisher)]
+    fisher = [np.zeros_like(_fisher_sums(t, not include_offsets)) for t in w]
+    for step in range(steps):
+        std = [s / np.sqrt(1.0 + eta * f)
+               for s, f in zip(_filter_std(w, sigma, include_offsets), fisher)]
         noise = [s * z for s, z in zip(std, _normals(step, w))]
         g = ref.grad(w, x, y)
         h = ref.grad([a + e for a, e in zip(w, noise)], x, y)
-        fisher = [beta * f + np.sum(t ** 2, axis=tuple(range(t.ndim - 1)) if t.ndim > 1
-                                    else None, keepdims=t.ndim > 1)
-                  for f, t in zip(fisher, g)]
-        w = _sgd(w, [alpha * a + (1 - alpha) * b for a, b in zip(g, h)])
-    assert min(float(np.min(f)) for f in fisher) > 0  # The adaptation was active.
-    _assert_close(_train(model, x, y, 3)[0], w)
+        # A variable that is not perturbed (a bias without include_offsets) keeps no sum.
+        fisher = [beta * f + _fisher_sums(t, not include_offsets)
+                  if t.ndim > 1 or include_offsets else f for f, t in zip(fisher, h)]
+        w = _sgd(w, [(1 - weight) * a + weight * b for a, b in zip(g, h)])
+    # The adaptation was active on every perturbed variable.
+    assert min(float(np.min(f)) for f, t in zip(fisher, w) if t.ndim > 1 or include_offsets) > 0
+    _assert_close(_train(model, x, y, steps)[0], w)
+    for actual, expected in zip(_fisher_state(model), fisher):
+        np.testing.assert_allclose(actual.reshape(expected.shape), expected, rtol=1e-4)
+
+
+def test_arwp_leaves_its_sums_alone_on_steps_that_do_not_perturb():
+    sigma, eta, beta = 0.2, 3.0, 0.9
+    model, x, y, w = _model(algorithms.ARWP(sigma=sigma, eta=eta, beta=beta, interval=2))
+    ref = NumpyMLP(l2=L2)
+    noise = [s * z for s, z in zip(_filter_std(w, sigma, False), _normals(0, w))]
+    g = ref.grad(w, x, y)
+    h = ref.grad([a + e for a, e in zip(w, noise)], x, y)
+    fisher = [_fisher_sums(t, True) * (t.ndim > 1) for t in h]  # Biases are not perturbed.
+    _train(model, x, y, 2)  # Step 0 perturbs, step 1 is plain.
+    for actual, expected in zip(_fisher_state(model), fisher):
+        np.testing.assert_allclose(actual.reshape(expected.shape), expected, rtol=1e-4)
+    # Not the clean gradient's (the rule before the perturbed one).
+    assert not np.allclose(_fisher_state(model)[0].reshape(fisher[0].shape),
+                           _fisher_sums(g[0], True), rtol=1e-3)
 
 
 # ---- Late start and AE-SAM --------------------------------------------------
@@ -191,10 +230,27 @@ def test_fractional_start_without_a_known_length_fails_before_training():
     np.testing.assert_array_equal(np.array(model.inner.trainable_variables[0]), w[0])
 
 
-@pytest.mark.parametrize("thresholds", [0.0, (-1.0, 1.0)])
+def _aesam_flags(norms, decay, c):
+    """AE-SAM's decisions from the squared gradient norms, by the paper's recursions."""
+    mean = variance = None
+    flags = []
+    for step, norm in enumerate(norms):
+        s = norm ** 2
+        if mean is None:
+            mean, variance = s, 0.0
+        else:
+            mean = decay * mean + (1 - decay) * s
+            variance = decay * variance + (1 - decay) * (s - mean) ** 2
+        flags.append(float(s >= mean + c(step) * np.sqrt(variance)))
+    return flags
+
+
+@pytest.mark.parametrize("thresholds", [(0.0, 0.0), (-1.0, 1.0), None])
 def test_aesam_perturbs_when_the_squared_gradient_norm_is_large_for_the_run(thresholds):
     rho, decay, steps = 0.3, 0.5, 6
-    model, x, y, w = _model(algorithms.AESAM(rho=rho, decay=decay, thresholds=thresholds))
+    start, end = (1.0, -1.0) if thresholds is None else thresholds
+    kwargs = {} if thresholds is None else {"threshold_start": start, "threshold_end": end}
+    model, x, y, w = _model(algorithms.AESAM(rho=rho, decay=decay, **kwargs))
     ref = NumpyMLP(l2=L2)
     mean = variance = None
     flags = []
@@ -206,8 +262,7 @@ def test_aesam_perturbs_when_the_squared_gradient_norm_is_large_for_the_run(thre
         else:
             mean = decay * mean + (1 - decay) * s
             variance = decay * variance + (1 - decay) * (s - mean) ** 2
-        c = thresholds if not isinstance(thresholds, tuple) else (
-            thresholds[0] + (thresholds[1] - thresholds[0]) * step / steps)
+        c = start + (end - start) * step / steps
         take = s >= mean + c * np.sqrt(variance)
         flags.append(float(take))
         w = _sgd(w, h if take else g)
@@ -215,6 +270,22 @@ def test_aesam_perturbs_when_the_squared_gradient_norm_is_large_for_the_run(thre
     actual, history = _train(model, x, y, steps)
     assert history["perturbed"] == flags
     _assert_close(actual, w)
+
+
+def test_aesam_uses_sam_more_often_late_in_training_by_default():
+    # The paper: c_t = (t/T) lambda_1 + (1 - t/T) lambda_2, lambda_1 = -1,
+    # lambda_2 = 1: the threshold falls, so SAM steps become more frequent.
+    decay, steps = 0.9, 60
+    x, y = regression_data(n=256)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(256, seed=0).batch(16).repeat()
+    model = keras_flat.FlatMinimaModel(mlp(), algorithms.AESAM(rho=0.05, decay=decay), seed=SEED)
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    # One step per epoch, so the logs are per step.
+    history = model.fit(data, epochs=steps, steps_per_epoch=1, verbose=0).history
+    expected = _aesam_flags(history["grad_norm"], decay, lambda t: 1.0 - 2.0 * t / steps)
+    assert history["perturbed"] == expected
+    early, late = np.mean(expected[:steps // 3]), np.mean(expected[-steps // 3:])
+    assert late > early + 0.2, (early, late)
 
 
 class _CoinSchedule(algorithms.when.Always):

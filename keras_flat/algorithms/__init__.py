@@ -15,6 +15,7 @@ import keras
 
 from keras_flat.algorithms import config_name
 from keras_flat.algorithms import how
+from keras_flat.algorithms import radius
 from keras_flat.algorithms import registry
 from keras_flat.algorithms import when
 from keras_flat.algorithms import where
@@ -56,19 +57,20 @@ register("sa", SharpnessAware, "SA (Alg. 2)", aliases=("sharpness_aware", "sharp
                       "jitter": 1e-4, "center": True, "antithetic": True, "start": 1},
          paper="Ahn, Jadbabaie & Sra, ICML 2024, arXiv 2305.15659, Algorithm 2")
 register("gsam", GSAM, "GSAM", defaults={"rho": 0.05, "alpha": 0.1},
-         test_kwargs={"rho": 0.1, "alpha": 0.3, "interval": 2},
+         test_kwargs={"rho": 0.1, "alpha": 0.3, "interval": 2, "rho_min": 0.02},
          paper="Zhuang et al., ICLR 2022, arXiv 2203.08065")
 register("looksam", LookSAM, "LookSAM", aliases=("look_sam",), defaults={"rho": 0.05, "k": 5},
          test_kwargs={"rho": 0.1, "k": 3, "alpha": 0.5},
          paper="Liu et al., CVPR 2022, arXiv 2203.02714")
 register("aesam", AESAM, "AE-SAM", aliases=("ae_sam",), defaults={"rho": 0.05},
-         test_kwargs={"rho": 0.1, "decay": 0.8, "thresholds": 0.0},
+         test_kwargs={"rho": 0.1, "decay": 0.8, "threshold_start": 0.0, "threshold_end": 0.0},
          paper="Jiang et al., ICLR 2023, arXiv 2304.14647")
 register("rwp", RWP, "RWP", defaults={"sigma": 0.01},
-         test_kwargs={"sigma": 0.05, "alpha": 0.3, "include_offsets": True, "interval": 2},
+         test_kwargs={"sigma": 0.05, "perturbed_weight": 0.7, "include_offsets": True,
+                      "interval": 2},
          paper="Li et al., arXiv 2211.11489")
 register("arwp", ARWP, "ARWP", defaults={"sigma": 0.01},
-         test_kwargs={"sigma": 0.05, "alpha": 0.3, "eta": 0.5, "beta": 0.9},
+         test_kwargs={"sigma": 0.05, "perturbed_weight": 0.7, "eta": 0.5, "beta": 0.9},
          paper="Li et al., TMLR 2024, arXiv 2404.00357")
 
 __doc__ = registry.fill_docstring(__doc__)
@@ -212,6 +214,7 @@ __all__ = [
     "when",
     "where",
     "how",
+    "radius",
     "register",
     "names",
     "label",

@@ -11,6 +11,7 @@ every accepted one.
 import difflib
 import functools
 import inspect
+import warnings
 
 from keras_flat.algorithms import registry
 
@@ -24,6 +25,10 @@ SYNONYMS = (
     (("start", "warmup", "start_step", "start_epoch", "begin", "delay"), "start"),
     (("perturbation_sync", "sync", "m_sharpness", "sync_mode"), "perturbation sync"),
     (("examples", "num_examples", "n_examples", "examples_per_step"), "number of examples"),
+    (("perturbed_weight", "lmbda", "lam", "lamb", "mix", "mixing"),
+     "weight of the perturbed gradient, the official scripts' --lambda"),
+    (("threshold_start", "lambda2", "lambda_2", "c_start"), "threshold at the start"),
+    (("threshold_end", "lambda1", "lambda_1", "c_end"), "threshold at the end"),
 )
 
 _PARAMETER_KINDS = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD,
@@ -72,9 +77,15 @@ def accepted(cls):
     return names
 
 
+def current(cls, names):
+    """`names` without the deprecated arguments of `cls` (its `DEPRECATED_ARGUMENTS`)."""
+    deprecated_names = getattr(cls, "DEPRECATED_ARGUMENTS", ())
+    return [name for name in names if name not in deprecated_names]
+
+
 def call_error(cls, signature, args, kwargs, error):
     """The message for arguments that do not fit `signature` (`error` is Python's)."""
-    names = accepted(cls)
+    names = current(cls, accepted(cls))
     parameters = list(signature.parameters.values())[1:]
     positional = [p.name for p in parameters if p.kind in _PARAMETER_KINDS[:2]]
     kinds = {p.kind for p in parameters}
@@ -120,8 +131,9 @@ def suggestion(cls, key, names):
 
     In order: an argument of `cls` that means the same (`SYNONYMS`), one
     spelt alike (`difflib.get_close_matches`), or the registered rules that
-    take `key`.
+    take `key`. Deprecated arguments are never suggested.
     """
+    names = current(cls, names)
     for group, meaning in SYNONYMS:
         meant = [name for name in group if name in names and name != key]
         if key in group and meant:
@@ -130,7 +142,7 @@ def suggestion(cls, key, names):
     if close:
         return f"Did you mean `{close[0]}`?"
     others = [entry for entry in registry.entries()
-              if entry.cls is not cls and key in accepted(entry.cls)]
+              if entry.cls is not cls and key in current(entry.cls, accepted(entry.cls))]
     if others:
         return f"`{key}` is an argument of " + ", ".join(rule(e.cls) for e in others) + "."
     return ""
@@ -140,3 +152,39 @@ def rule(cls):
     """`cls`'s name, with its registered name if it has one: `RWP ("rwp")`."""
     entry = registry.by_class(cls)
     return f'{cls.__name__} ("{entry.name}")' if entry else cls.__name__
+
+
+def deprecated(old, new, meaning=""):
+    """Warns that argument `old` is deprecated in favour of `new`.
+
+    Args:
+        old: The deprecated argument's name.
+        new: The argument to use instead.
+        meaning: How the old value translates, e.g. `"perturbed_weight = 1 - alpha"`.
+    """
+    warnings.warn(
+        f"Argument `{old}` is deprecated and will be removed in the next release; use "
+        f"`{new}` instead" + (f" ({meaning})" if meaning else "") + ".",
+        DeprecationWarning, stacklevel=3,
+    )
+
+
+def renamed_config(config, translations):
+    """A saved config with deprecated keys translated, without warnings.
+
+    A config saved before a rename records the old names; loading it must
+    give the rule it described, so each old key is turned into the new
+    ones it meant.
+
+    Args:
+        config: A config dict.
+        translations: `{old_key: function(old_value) -> {new_key: value}}`.
+
+    Returns:
+        A new dict.
+    """
+    config = dict(config)
+    for old, translate in translations.items():
+        if old in config:
+            config.update(translate(config.pop(old)))
+    return config

@@ -1,6 +1,7 @@
 """An update rule as three pieces: when it perturbs, where, and how it combines."""
 
 import keras
+import tensorflow as tf
 
 from keras_flat.algorithms.base import Algorithm
 from keras_flat.algorithms.base import Step
@@ -26,9 +27,11 @@ class Composite(Algorithm):
     perturbation may `prepare` (e.g. draw examples). Then, under one tensor
     conditional on the schedule's decision, either the perturbation's
     gradient `h` is evaluated and the combiner turns `(g, h)` into the
-    update, or the combiner's plain update is used (usually `g`). State the
-    pieces keep is returned as assignments, written by `FlatMinimaModel`
-    only if the step is applied.
+    update, or the combiner's plain update is used (usually `g`). After
+    the conditional, on every replica, the combiner finishes the update and
+    a perturbation that `keeps_gradient` reads `h` (zeros on a plain step)
+    for its state. State the pieces keep is returned as assignments,
+    written by `FlatMinimaModel` only if the step is applied.
 
     The named rules are presets of this class, e.g. `SAM(rho)` is
     `Composite(where=Ascent(rho), how=Replace())` and LookSAM is
@@ -95,16 +98,21 @@ class Composite(Algorithm):
 
         def perturbed():
             h = where.gradient(ctx, prepared, states["where"])
-            return how.perturbed(ctx, h, states["how"])
+            update, carry = how.perturbed(ctx, h, states["how"])
+            return update, carry, list(h) if where.keeps_gradient else []
 
         def plain():
-            return how.plain(ctx, states["how"])
+            update, carry = how.plain(ctx, states["how"])
+            kept = [tf.zeros_like(g) for g in ctx.grads] if where.keeps_gradient else []
+            return update, carry, kept
 
-        (update, carry), flag = ctx.branch(take, perturbed, plain)
+        (update, carry, kept), flag = ctx.branch(take, perturbed, plain)
         update, finished = how.finish(ctx, update, carry, take, states["how"])
         assignments = (tuple(finished)
                        + tuple(when.assignments(ctx, states["when"]))
                        + tuple(where.assignments(ctx, states["where"])))
+        if where.keeps_gradient:
+            assignments += tuple(where.finish(ctx, kept, take, states["where"]))
         return Step(list(update), ctx.grad_norm, flag, assignments)
 
     def get_config(self):

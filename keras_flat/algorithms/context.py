@@ -50,6 +50,15 @@ class StepContext:
         return self.oracle.step
 
     @property
+    def learning_rate(self):
+        """The optimizer's learning rate at this step (float32 scalar tensor).
+
+        A schedule's value at `step`, or the current value of a constant
+        learning rate (which a callback may have changed).
+        """
+        return tf.cast(self.oracle.model.optimizer.learning_rate, tf.float32)
+
+    @property
     def progress(self):
         """`step / planned steps` of the current `fit` (float32 tensor)."""
         return self.oracle.progress

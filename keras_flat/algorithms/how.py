@@ -12,6 +12,8 @@ import keras
 import tensorflow as tf
 
 from keras_flat import vector
+from keras_flat.algorithms.arguments import deprecated
+from keras_flat.algorithms.arguments import renamed_config
 from keras_flat.algorithms.piece import Combiner
 from keras_flat.validation import check_bool
 from keras_flat.validation import check_number
@@ -60,22 +62,55 @@ class AddOrthogonal(Combiner):
 
 @keras.saving.register_keras_serializable(package="keras_flat")
 class Mix(Combiner):
-    """`alpha·g + (1 - alpha)·h`, RWP's mixed loss (Li et al., arXiv 2211.11489).
+    """`(1 - λ)·g + λ·h`, m-RWP's mixed loss (Li et al., arXiv 2211.11489, 2404.00357).
 
-    The gradient of `alpha·L(w) + (1 - alpha)·L(w + ε)`.
+    The gradient of `(1 - λ)·L(w) + λ·L(w + ε)` with `λ = perturbed_weight`,
+    the official scripts' `--lambda`.
 
     Args:
-        alpha: Weight of the clean gradient, in [0, 1].
+        perturbed_weight: λ, the weight of the perturbed gradient `h`, in
+            [0, 1]. Defaults to 0.5.
+        alpha: Deprecated: the weight of the clean gradient,
+            `alpha = 1 - perturbed_weight`.
     """
 
-    def __init__(self, alpha=0.5):
-        self.alpha = check_fraction("alpha", alpha)
+    def __init__(self, perturbed_weight=0.5, alpha=None):
+        self.perturbed_weight = perturbed_weight_argument(perturbed_weight, alpha, 0.5)
 
     def perturbed(self, ctx, h, state):
-        return vector.add(vector.scale(ctx.grads, self.alpha), h, 1.0 - self.alpha), []
+        weight = self.perturbed_weight
+        return vector.add(vector.scale(ctx.grads, 1.0 - weight), h, weight), []
 
     def get_config(self):
-        return {"alpha": self.alpha}
+        return {"perturbed_weight": self.perturbed_weight}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**renamed_config(config, LEGACY_MIX))
+
+
+#: How a config saved with the clean gradient's weight `alpha` reads now.
+LEGACY_MIX = {"alpha": lambda alpha: {"perturbed_weight": 1.0 - alpha}}
+
+
+def perturbed_weight_argument(perturbed_weight, alpha, default):
+    """Validates `perturbed_weight`, or translates the deprecated `alpha` into it.
+
+    Raises:
+        ValueError: if both are given, or either is outside [0, 1].
+    """
+    if alpha is None:
+        return check_fraction("perturbed_weight", perturbed_weight)
+    alpha = check_fraction("alpha", alpha)
+    if perturbed_weight != default:
+        raise ValueError(
+            "Arguments `perturbed_weight` and the deprecated `alpha` (= 1 - "
+            "perturbed_weight) were both given; give only `perturbed_weight`. "
+            f"Received: perturbed_weight={perturbed_weight!r}, alpha={alpha!r}."
+        )
+    deprecated("alpha", "perturbed_weight", "the weight of the perturbed gradient, "
+               "perturbed_weight = 1 - alpha")
+    return 1.0 - alpha
 
 
 @keras.saving.register_keras_serializable(package="keras_flat")

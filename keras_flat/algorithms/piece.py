@@ -62,7 +62,16 @@ class Schedule(Piece):
 
 
 class Perturbation(Piece):
-    """Evaluates the batch gradient at a perturbed point."""
+    """Evaluates the batch gradient at a perturbed point.
+
+    Attributes:
+        keeps_gradient: Whether `finish` reads the perturbed gradient. If
+            so, `Composite` carries `h` out of the schedule's conditional
+            (zeros on a step that does not perturb) and hands it to
+            `finish`, which runs on every replica and may use collectives.
+    """
+
+    keeps_gradient = False
 
     def prepare(self, ctx, state):
         """Work that runs on every step, outside the conditional (default: none)."""
@@ -74,6 +83,19 @@ class Perturbation(Piece):
 
     def assignments(self, ctx, state):
         """`(variable, value)` pairs updating this piece's state, every step."""
+        return ()
+
+    def finish(self, ctx, h, took, state):
+        """`(variable, value)` pairs from the perturbed gradient (if `keeps_gradient`).
+
+        Args:
+            ctx: The `StepContext`.
+            h: The perturbed gradient (this replica's contribution; zeros
+                on a step that did not perturb).
+            took: Scalar bool tensor, whether the step perturbed, or None
+                (every step does).
+            state: This piece's state.
+        """
         return ()
 
 

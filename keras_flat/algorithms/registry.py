@@ -7,6 +7,7 @@ it with no test edited).
 """
 
 import dataclasses
+import numbers
 import textwrap
 
 
@@ -150,7 +151,7 @@ def label(algorithm, radius=True):
     for key, symbol in (("rho", "ρ"), ("sigma", "σ")):
         value = getattr(algorithm, key, None)
         if radius and value is not None:
-            extras.append(f"{symbol}={value:g}")
+            extras.append(f"{symbol}={describe_radius(value)}")
     for option in ("interval", "k"):
         value = getattr(algorithm, option, 1)
         if isinstance(value, int) and value > 1:
@@ -159,6 +160,11 @@ def label(algorithm, radius=True):
     if start is not None:
         extras.append(f"start={start:g}")
     return f"{text}, {', '.join(extras)}" if extras else text
+
+
+def describe_radius(value):
+    """A radius for a label: `0.05`, or a schedule's class name."""
+    return f"{value:g}" if isinstance(value, numbers.Real) else type(value).__name__
 
 
 #: The line of a docstring that `fill_docstring` replaces with `describe()`.

@@ -3,6 +3,7 @@
 import keras
 
 from keras_flat.algorithms import how
+from keras_flat.algorithms import radius
 from keras_flat.algorithms import when
 from keras_flat.algorithms import where
 from keras_flat.algorithms.base import Algorithm
@@ -25,7 +26,10 @@ class SAM(Composite):
 
     Args:
         rho: Radius of the ascent step, a finite number >= 0. Defaults to
-            0.05 (the paper's default).
+            0.05 (the paper's default). Or a schedule: a
+            `keras.optimizers.schedules.LearningRateSchedule` of the step,
+            or `radius.FollowLearningRate` (see
+            `keras_flat.algorithms.radius`).
         perturbation_sync: `"global"` (default) or `"replica"`; see
             `keras_flat.algorithms.Algorithm`. `"replica"` is the m-sharpness
             variant of the SAM paper's own code.
@@ -45,7 +49,7 @@ class SAM(Composite):
 
     def __init__(self, rho=0.05, perturbation_sync="global", interval=1, start=None):
         Algorithm.__init__(self, perturbation_sync=perturbation_sync)
-        self.rho = check_number("rho", rho, minimum=0.0)
+        self.rho = radius.check("rho", rho)
         self.interval = when.check_interval(interval)
         self.start = when.check_start(start)
         self.pieces()
@@ -59,7 +63,7 @@ class SAM(Composite):
 
     def get_config(self):
         config = Algorithm.get_config(self)
-        config.update(rho=self.rho, interval=self.interval, start=self.start)
+        config.update(rho=radius.config(self.rho), interval=self.interval, start=self.start)
         return config
 
 
@@ -79,8 +83,9 @@ class ASAM(SAM):
     Pieces: `where.ScaledAscent(rho, eta)`, `how.Replace()`.
 
     Args:
-        rho: Radius of the ascent step, a finite number >= 0. Defaults to
-            0.5 (the reference default; ASAM's rho is about 10x SAM's).
+        rho: Radius of the ascent step, a finite number >= 0 or a schedule
+            (see `SAM`). Defaults to 0.5 (the reference default; ASAM's rho
+            is about 10x SAM's).
         eta: The offset in `T_w`, a finite number >= 0. Defaults to 0.01.
         perturbation_sync: `"global"` (default) or `"replica"`; see
             `keras_flat.algorithms.Algorithm`.

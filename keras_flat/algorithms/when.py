@@ -10,6 +10,8 @@ perturbed branch run collectives inside its conditional.
 import keras
 import tensorflow as tf
 
+from keras_flat.algorithms.arguments import deprecated
+from keras_flat.algorithms.arguments import renamed_config
 from keras_flat.algorithms.piece import Schedule
 from keras_flat.algorithms.piece import deserialize
 from keras_flat.algorithms.piece import serialize
@@ -108,10 +110,12 @@ class AdaptiveTrigger(Schedule):
     Minimization" (ICLR 2023, arXiv 2304.14647): keep exponential moving
     estimates `μ` and `σ²` of the mean and variance of `s = ‖g‖²` and
     perturb when `s >= μ + c·σ`, i.e. in regions where the gradient is
-    unusually large (sharp). `c` moves linearly from `thresholds[0]` at the
-    start of `fit` to `thresholds[1]` at its end, so the fraction of
-    perturbed steps changes over training. The first step initialises
-    `μ = s`, `σ² = 0`.
+    unusually large (sharp). `c` moves linearly from `threshold_start` at
+    the start of `fit` to `threshold_end` at its end: the paper's
+    `c_t = (t/T)·λ1 + (1 - t/T)·λ2` is `threshold_start=λ2`,
+    `threshold_end=λ1`, and its `λ1 = -1, λ2 = 1` (the defaults) lower the
+    threshold over training, so SAM is used more and more often. The first
+    step initialises `μ = s`, `σ² = 0`.
 
     Note that this triggers on a *large* gradient, the opposite of
     `GradNormAtMost` (the paper of Ahn et al. perturbs near minima).
@@ -119,29 +123,27 @@ class AdaptiveTrigger(Schedule):
     Args:
         decay: The moving averages' forgetting factor δ in (0, 1).
             Defaults to 0.9.
-        thresholds: `(c_start, c_end)`, or one number for a constant `c`.
-            Defaults to `(-1.0, 1.0)`; a constant needs no plan.
+        threshold_start: `c` at the first step of `fit`, a finite number.
+            Defaults to 1.0 (the paper's λ2).
+        threshold_end: `c` at the last planned step, a finite number.
+            Defaults to -1.0 (the paper's λ1). Equal to `threshold_start`,
+            `c` is constant and needs no plan.
+        thresholds: Deprecated: `(threshold_start, threshold_end)`, or one
+            number for both. A config saved with it loads with the same
+            schedule.
     """
 
-    def __init__(self, decay=0.9, thresholds=(-1.0, 1.0)):
+    def __init__(self, decay=0.9, threshold_start=1.0, threshold_end=-1.0, thresholds=None):
         decay = check_number("decay", decay, minimum=0.0, inclusive=False)
         if decay >= 1.0:
             raise ValueError(f"Argument `decay` must be < 1. Received: decay={decay!r}.")
         self.decay = decay
-        if isinstance(thresholds, (list, tuple)):
-            if len(thresholds) != 2:
-                raise ValueError(
-                    "Argument `thresholds` must be a number or a pair (start, end). "
-                    f"Received: thresholds={thresholds!r}."
-                )
-            thresholds = tuple(check_number("thresholds", t) for t in thresholds)
-        else:
-            thresholds = check_number("thresholds", thresholds)
-        self.thresholds = thresholds
+        self.threshold_start, self.threshold_end = threshold_arguments(
+            threshold_start, threshold_end, thresholds)
 
     @property
     def needs_plan(self):
-        return isinstance(self.thresholds, tuple) and self.thresholds[0] != self.thresholds[1]
+        return self.threshold_start != self.threshold_end
 
     def init(self, build):
         return {"mean": build.make_variable("norm_mean", ()),
@@ -159,9 +161,9 @@ class AdaptiveTrigger(Schedule):
 
     def threshold(self, ctx):
         """The current `c` (a float32 tensor)."""
-        if not isinstance(self.thresholds, tuple):
-            return tf.constant(self.thresholds, tf.float32)
-        begin, end = self.thresholds
+        begin, end = self.threshold_start, self.threshold_end
+        if begin == end:
+            return tf.constant(begin, tf.float32)
         progress = tf.clip_by_value(tf.cast(ctx.progress, tf.float32), 0.0, 1.0)
         return begin + (end - begin) * progress
 
@@ -175,9 +177,53 @@ class AdaptiveTrigger(Schedule):
                 (state["count"], state["count"] + 1.0))
 
     def get_config(self):
-        thresholds = list(self.thresholds) if isinstance(self.thresholds, tuple) else (
-            self.thresholds)
-        return {"decay": self.decay, "thresholds": thresholds}
+        return {"decay": self.decay, "threshold_start": self.threshold_start,
+                "threshold_end": self.threshold_end}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**renamed_config(config, LEGACY_THRESHOLDS))
+
+
+def _legacy_thresholds(thresholds):
+    """The `threshold_start`/`threshold_end` of a saved `thresholds` (a pair is (start, end))."""
+    if isinstance(thresholds, (list, tuple)):
+        if len(thresholds) != 2:
+            raise ValueError(
+                "Argument `thresholds` must be a number or a pair (start, end). "
+                f"Received: thresholds={thresholds!r}."
+            )
+        start, end = thresholds
+    else:
+        start = end = thresholds
+    return {"threshold_start": check_number("thresholds", start),
+            "threshold_end": check_number("thresholds", end)}
+
+
+#: How a config saved with `thresholds` reads now: the same schedule.
+LEGACY_THRESHOLDS = {"thresholds": _legacy_thresholds}
+
+
+def threshold_arguments(threshold_start, threshold_end, thresholds, defaults=(1.0, -1.0)):
+    """Validates `(threshold_start, threshold_end)`, or translates the deprecated `thresholds`.
+
+    Raises:
+        ValueError: if `thresholds` is given with either new argument.
+    """
+    if thresholds is None:
+        return (check_number("threshold_start", threshold_start),
+                check_number("threshold_end", threshold_end))
+    if (threshold_start, threshold_end) != defaults:
+        raise ValueError(
+            "Arguments `threshold_start`/`threshold_end` and the deprecated `thresholds` "
+            "were both given; give only `threshold_start` and `threshold_end`. Received: "
+            f"threshold_start={threshold_start!r}, threshold_end={threshold_end!r}, "
+            f"thresholds={thresholds!r}."
+        )
+    translated = _legacy_thresholds(thresholds)
+    deprecated("thresholds", "threshold_start` and `threshold_end",
+               "a pair is read as (threshold_start, threshold_end)")
+    return translated["threshold_start"], translated["threshold_end"]
 
 
 @keras.saving.register_keras_serializable(package="keras_flat")

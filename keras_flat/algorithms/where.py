@@ -10,35 +10,62 @@ import keras
 import tensorflow as tf
 
 from keras_flat import vector
+from keras_flat.algorithms import radius
 from keras_flat.algorithms.example_direction import ExampleDirection  # noqa: F401
 from keras_flat.algorithms.piece import Perturbation
 from keras_flat.validation import check_bool
 from keras_flat.validation import check_number
 
 
+class RadiusPerturbation(Perturbation):
+    """A perturbation whose size is a radius that may change over training.
+
+    The radius (the attribute named by `RADIUS`) is a number, a schedule of
+    the step or a `radius.FollowLearningRate`; see
+    `keras_flat.algorithms.radius`. Its state, if any, is kept under
+    `"radius"` in the piece's state and updated on every step.
+    """
+
+    #: The name of the radius argument and attribute.
+    RADIUS = "rho"
+
+    def init(self, build):
+        made = radius.init(getattr(self, self.RADIUS), build)
+        return {"radius": made} if made else {}
+
+    def radius_at(self, ctx, state):
+        """The radius at this step (a number or a float32 scalar tensor)."""
+        return radius.value(getattr(self, self.RADIUS), ctx, state.get("radius", {}))
+
+    def assignments(self, ctx, state):
+        return radius.assignments(getattr(self, self.RADIUS), ctx, state.get("radius", {}))
+
+
 @keras.saving.register_keras_serializable(package="keras_flat")
-class Ascent(Perturbation):
+class Ascent(RadiusPerturbation):
     """SAM's point: `w + rho·g/‖g‖` (Foret et al., arXiv 2010.01412).
 
     The first-order worst case of the loss over the whole-model ball of
     radius `rho`. A zero gradient gives a zero offset.
 
     Args:
-        rho: A finite number >= 0.
+        rho: A finite number >= 0, or a schedule (see
+            `keras_flat.algorithms.radius`).
     """
 
     def __init__(self, rho):
-        self.rho = check_number("rho", rho, minimum=0.0)
+        self.rho = radius.check("rho", rho)
 
     def gradient(self, ctx, prepared, state):
-        return list(ctx.gradient(offset=vector.unit(ctx.view, self.rho)[0])[1])
+        offset = vector.unit(ctx.view, self.radius_at(ctx, state))[0]
+        return list(ctx.gradient(offset=offset)[1])
 
     def get_config(self):
-        return {"rho": self.rho}
+        return {"rho": radius.config(self.rho)}
 
 
 @keras.saving.register_keras_serializable(package="keras_flat")
-class ScaledAscent(Perturbation):
+class ScaledAscent(RadiusPerturbation):
     """ASAM's point: `w + rho·T²g/‖Tg‖`, `T = |w| + eta` (Kwon et al., arXiv 2102.11600).
 
     The ascent step taken in the coordinates of the normalisation operator
@@ -48,12 +75,13 @@ class ScaledAscent(Perturbation):
     `beta`s: `keras_flat.structure.Parameter.offset`) use `T = 1`.
 
     Args:
-        rho: A finite number >= 0.
+        rho: A finite number >= 0, or a schedule (see
+            `keras_flat.algorithms.radius`).
         eta: The offset in `T`, a finite number >= 0.
     """
 
     def __init__(self, rho, eta=0.01):
-        self.rho = check_number("rho", rho, minimum=0.0)
+        self.rho = radius.check("rho", rho)
         self.eta = check_number("eta", eta, minimum=0.0)
 
     def scales(self, ctx):
@@ -73,7 +101,7 @@ class ScaledAscent(Perturbation):
         with tf.control_dependencies([ctx.grad_norm]):
             scales = self.scales(ctx)
         scaled = [g if t is None else tf.cast(t, g.dtype) * g for g, t in zip(ctx.view, scales)]
-        direction, _ = vector.unit(scaled, self.rho)
+        direction, _ = vector.unit(scaled, self.radius_at(ctx, state))
         offset = []
         for d, t in zip(direction, scales):
             if t is not None:
@@ -85,7 +113,7 @@ class ScaledAscent(Perturbation):
         return list(ctx.gradient(offset=prepared)[1])
 
     def get_config(self):
-        return {"rho": self.rho, "eta": self.eta}
+        return {"rho": radius.config(self.rho), "eta": self.eta}
 
 
 @keras.saving.register_keras_serializable(package="keras_flat")
@@ -118,7 +146,7 @@ class SphereSample(Perturbation):
 
 
 @keras.saving.register_keras_serializable(package="keras_flat")
-class FilterGaussian(Perturbation):
+class FilterGaussian(RadiusPerturbation):
     """RWP's point: filter-wise Gaussian noise (Li et al., arXiv 2211.11489).
 
     Each filter `f` of a kernel (an output unit or channel; see
@@ -129,14 +157,21 @@ class FilterGaussian(Perturbation):
     gets standard deviation `sigma·‖v‖`.
 
     With `adaptive=True` this is ARWP's adaptive variance (Li et al., TMLR
-    2024, arXiv 2404.00357): each filter's standard deviation is divided by
-    `sqrt(1 + eta·F_f)`, with `F_f ← beta·F_f + Σ_{i∈f} g_i²` accumulated
-    from the clean gradients of earlier steps, so directions with large
-    recent gradients are perturbed less. Its state is one number per
-    filter.
+    2024, arXiv 2404.00357): each standard deviation is divided by
+    `sqrt(1 + eta·F)`, with `F ← beta·F + Σ h²` accumulated from the
+    *perturbed* gradients `h` of earlier steps (as the official m-ARWP
+    code does), summed over each filter of a kernel or embedding and kept
+    per element for the other perturbed variables (offsets and
+    normalisation parameters with `include_offsets`), so directions with
+    large recent gradients are perturbed less. `F` is updated after the
+    schedule's conditional from the full-scale `h` (all-reduced in
+    `"global"` mode: one more all-reduce of a gradient per step), and only
+    on steps that perturb. Its state is one number per filter (per element
+    of a perturbed offset).
 
     Args:
-        sigma: Relative standard deviation, a finite number >= 0.
+        sigma: Relative standard deviation, a finite number >= 0, or a
+            schedule (see `keras_flat.algorithms.radius`).
         include_offsets: Also perturb biases and normalisation parameters.
         adaptive: Use ARWP's adaptive variance.
         eta: ARWP's strength of the adaptation, >= 0.
@@ -144,62 +179,73 @@ class FilterGaussian(Perturbation):
     """
 
     STREAMS = {"filter_noise": 5}
+    RADIUS = "sigma"
 
     def __init__(self, sigma, include_offsets=False, adaptive=False, eta=0.1, beta=0.99):
-        self.sigma = check_number("sigma", sigma, minimum=0.0)
+        self.sigma = radius.check("sigma", sigma)
         self.include_offsets = check_bool("include_offsets", include_offsets)
         self.adaptive = check_bool("adaptive", adaptive)
         self.eta = check_number("eta", eta, minimum=0.0)
         self.beta = check_number("beta", beta, minimum=0.0)
         if self.beta > 1.0:
             raise ValueError(f"Argument `beta` must be <= 1. Received: beta={beta!r}.")
+        self.keeps_gradient = self.adaptive
 
     def _perturbed(self, parameter):
         return self.include_offsets or parameter.kind in ("weight", "embedding")
 
-    def init(self, build):
-        if not self.adaptive:
-            return {}
-        # One accumulator per filter (a vector is a single filter).
-        return build.per_variable(
-            lambda i, v, p: build.make_variable(f"fisher_{i}", _filter_shape(p)))
+    def _fisher_axes(self, parameter):
+        """The axes a variable's accumulated squared gradient is summed over."""
+        if parameter.kind in ("weight", "embedding") or not self._perturbed(parameter):
+            return parameter.reduce_axes
+        return ()  # A perturbed offset: one sum per element, as the official code.
 
-    def _fisher(self, ctx, state, i, grad):
-        axes = ctx.parameters()[i].reduce_axes
-        squares = tf.reduce_sum(tf.square(tf.cast(grad, tf.float32)), axis=axes, keepdims=True)
-        return tf.reshape(self.beta * tf.reshape(state[i], [-1]) + tf.reshape(squares, [-1]),
-                          state[i].shape)
+    def init(self, build):
+        state = super().init(build)
+        if self.adaptive:
+            state["fisher"] = build.per_variable(lambda i, v, p: build.make_variable(
+                f"fisher_{i}", _reduced_shape(p.shape, self._fisher_axes(p))))
+        return state
 
     def gradient(self, ctx, prepared, state):
         # One standard normal draw over the whole vector (a few operations
         # however many variables), scaled filter by filter.
         noises = vector.normal_like(ctx.variables, ctx.seed(self.STREAMS["filter_noise"]))
+        sigma = self.radius_at(ctx, state)
         offset = []
         for i, (parameter, value) in enumerate(zip(ctx.parameters(), ctx.variables)):
             if not self._perturbed(parameter):
                 offset.append(tf.zeros_like(value))
                 continue
             w = tf.cast(value, noises[i].dtype)
-            std = self.sigma * tf.sqrt(tf.reduce_sum(tf.square(w), axis=parameter.reduce_axes,
-                                                     keepdims=True))
+            std = tf.cast(sigma, w.dtype) * tf.sqrt(
+                tf.reduce_sum(tf.square(w), axis=parameter.reduce_axes, keepdims=True))
             if self.adaptive:
-                fisher = tf.reshape(tf.cast(state[i], std.dtype), std.shape)
+                fisher = tf.cast(state["fisher"][i], std.dtype)
                 std = std / tf.sqrt(1.0 + self.eta * fisher)
             offset.append(tf.cast(noises[i] * std, value.dtype))
         return list(ctx.gradient(offset=offset)[1])
 
-    def assignments(self, ctx, state):
-        if not self.adaptive:
-            return ()
-        return tuple((state[i], self._fisher(ctx, state, i, g))
-                     for i, g in enumerate(ctx.view))
+    def finish(self, ctx, h, took, state):
+        full = ctx.global_view(h)
+        out = []
+        for i, (parameter, grad) in enumerate(zip(ctx.parameters(), full)):
+            if not self._perturbed(parameter):
+                continue  # Its sum is never read.
+            fisher = state["fisher"][i]
+            squares = tf.reduce_sum(tf.square(tf.cast(grad, tf.float32)),
+                                    axis=self._fisher_axes(parameter), keepdims=True)
+            value = self.beta * tf.convert_to_tensor(fisher) + tf.reshape(squares, fisher.shape)
+            if took is not None:
+                value = tf.where(took, value, tf.convert_to_tensor(fisher))
+            out.append((fisher, value))
+        return tuple(out)
 
     def get_config(self):
-        return {"sigma": self.sigma, "include_offsets": self.include_offsets,
+        return {"sigma": radius.config(self.sigma), "include_offsets": self.include_offsets,
                 "adaptive": self.adaptive, "eta": self.eta, "beta": self.beta}
 
 
-def _filter_shape(parameter):
-    """The shape of one number per filter, broadcastable against the variable."""
-    return tuple(1 if a in parameter.reduce_axes else d
-                 for a, d in enumerate(parameter.shape))
+def _reduced_shape(shape, axes):
+    """`shape` with `axes` of size one: one number per slice, broadcastable against it."""
+    return tuple(1 if a in axes else d for a, d in enumerate(shape))
