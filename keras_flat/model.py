@@ -92,18 +92,19 @@ class FlatMinimaModel(keras.Model):
         model: The `keras.Model` to train (Sequential, functional or
             subclassed, any inputs and outputs).
         algorithm: The update rule: a `keras_flat.algorithms.Algorithm`, a
-            name (`"rs"`, `"sa"`, `"sam"`, `"asam"`, `"none"`; see
-            `keras_flat.algorithms.get`), a config dict, or `None` for plain
-            training. Defaults to `"sa"`: Algorithm 2 of Ahn, Jadbabaie &
-            Sra (arXiv 2305.15659) with its defaults (`rho=0.05`, one
-            example), the paper's rule, at 1.06 gradient evaluations per
-            step. Measured by `python -m benchmarks.efficiency` (3 seeds)
-            from the sharp minimum of `examples/escape_sharp_minimum.py`,
-            30 epochs' worth of batch gradients at SGD learning rate 0.02:
-            it lowers the Hessian trace from 36.7 to 30.0 and raises test
-            accuracy from 84.2% to 86.8%, where the former default (RS at
-            `rho=0.05`) ends at 36.3 and 84.4% at twice the cost per step,
-            no better than plain SGD (35.8, 84.4%).
+            registered name (see `keras_flat.algorithms.get`), a config dict
+            (an algorithm's `get_config()`), `None` for plain training, or
+            `"default"` (the default): `keras_flat.algorithms.default()`,
+            SAM on the steps whose squared gradient norm is at least its
+            running mean (AE-SAM's trigger at a constant threshold), chosen
+            because it trains from scratch about as well as plain training
+            and ends flatter on the most tasks of
+            `python -m benchmarks.defaults` (see `benchmarks/RESULTS.md`).
+            It is not the paper's rule: to escape a sharp minimum reached
+            already (the paper's setting), use `"sa"`. The registered names:
+
+            {registered_rules}
+
         seed: Integer >= 0 seeding the perturbations, or `None` for a random
             seed (recorded in the config).
         on_nonfinite: What a step whose loss or update is NaN or Inf does.
@@ -122,7 +123,7 @@ class FlatMinimaModel(keras.Model):
 
     ```python
     inner = keras.Sequential([keras.Input((20,)), keras.layers.Dense(10)])
-    model = keras_flat.FlatMinimaModel(inner, "sa", rho=0.05, seed=0)
+    model = keras_flat.FlatMinimaModel(inner, seed=0)
     model.compile(optimizer="sgd", loss="mse")
     history = model.fit(x, y, epochs=3)
     history.history["grad_norm"], history.history["perturbed"]
@@ -130,7 +131,8 @@ class FlatMinimaModel(keras.Model):
     ```
     """
 
-    def __init__(self, model, algorithm="sa", *, seed=None, on_nonfinite="skip", **kwargs):
+    def __init__(self, model, algorithm="default", *, seed=None, on_nonfinite="skip",
+                 **kwargs):
         model_kwargs = {k: kwargs.pop(k) for k in _MODEL_KWARGS if k in kwargs}
         on_nonfinite = check_choice("on_nonfinite", on_nonfinite, guard.ON_NONFINITE)
         _check_inner(model)
@@ -371,6 +373,9 @@ class FlatMinimaModel(keras.Model):
             config.pop("algorithm", None), custom_objects=custom_objects
         )
         return cls(model, algorithm, **config)
+
+
+FlatMinimaModel.__doc__ = algorithms_module.registry.fill_docstring(FlatMinimaModel.__doc__)
 
 
 class RaiseOnNonFinite(keras.callbacks.Callback):

@@ -147,5 +147,8 @@ def test_model_accepts_names_instances_and_configs():
     assert m.inner is inner
     m = keras_flat.FlatMinimaModel(inner, algorithms.serialize(algorithms.SAM(0.1)))
     assert m.algorithm == algorithms.SAM(0.1)
-    assert keras_flat.FlatMinimaModel(inner).algorithm == algorithms.SharpnessAware(rho=0.05)
+    assert keras_flat.FlatMinimaModel(inner).algorithm == algorithms.AESAM(
+        rho=0.05, threshold_start=0.0, threshold_end=0.0)
+    assert algorithms.get("Default", rho=0.1) == algorithms.AESAM(
+        rho=0.1, threshold_start=0.0, threshold_end=0.0)
     assert isinstance(keras_flat.FlatMinimaModel(inner, None).algorithm, algorithms.NoPerturbation)
