@@ -48,7 +48,7 @@ CONFIGS = {
     "SA, center, antithetic": lambda: algorithms.SharpnessAware(
         rho=0.05, center=True, antithetic=True),
     "RS (Alg. 1)": lambda: algorithms.RandomSmoothing(rho=4.0),
-    "RS, rho=0.05 (the former default)": lambda: algorithms.RandomSmoothing(rho=0.05),
+    "RS, rho=0.05": lambda: algorithms.RandomSmoothing(rho=0.05),
     "RS, interval=4": lambda: algorithms.RandomSmoothing(rho=4.0, interval=4),
     "SAM": lambda: algorithms.SAM(rho=0.05),
     "SAM, interval=4": lambda: algorithms.SAM(rho=0.05, interval=4),

@@ -32,6 +32,10 @@ BENCHMARKS = [
      ["--repeats", "2", "--loop-points", "21"]),
     ("Peak memory of each algorithm", "benchmarks.memory", ["--repeats", "2"],
      ["--repeats", "1", "--optimizers", "sgd", "--variants", "sam", "sa"]),
+    ("First epoch (tracing and compilation) of each rule", "benchmarks.first_epoch",
+     ["--models", "transformer", "digits", "--repeats", "3"], ["--quick"]),
+    ("Every rule at its defaults, trained from scratch", "benchmarks.defaults",
+     ["--seeds", "0", "1", "2", "--jobs", "2"], ["--quick", "--seeds", "0"]),
     ("Flatness per unit of cost", "benchmarks.efficiency", ["--seeds", "0", "1", "2"],
      ["--quick"]),
 ]
