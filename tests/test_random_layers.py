@@ -62,7 +62,13 @@ def plain_weights():
     return _train(_model(), wrap=False)
 
 
-@pytest.mark.parametrize("name", PERTURBING)
+# One rule per kind of perturbation (gradient ascent, sphere, examples, filter-wise
+# noise, triggered) by default; every other registered rule in the slow suite.
+DEFAULT_SUITE = ("sam", "rs", "sa", "rwp", "aesam")
+
+
+@pytest.mark.parametrize("name", [
+    n if n in DEFAULT_SUITE else pytest.param(n, marks=pytest.mark.slow) for n in PERTURBING])
 def test_every_rule_at_zero_radius_takes_the_plain_step(name, plain_weights):
     keras.utils.set_random_seed(0)
     weights = _train(_model(), _zero_radius(name))
