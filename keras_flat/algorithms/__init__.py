@@ -69,7 +69,7 @@ register("rwp", RWP, "RWP", defaults={"sigma": 0.01},
          test_kwargs={"sigma": 0.05, "perturbed_weight": 0.7, "include_offsets": True,
                       "interval": 2},
          paper="Li et al., arXiv 2211.11489")
-register("arwp", ARWP, "ARWP", defaults={"sigma": 0.01},
+register("arwp", ARWP, "ARWP", defaults={"sigma": 0.015},
          test_kwargs={"sigma": 0.05, "perturbed_weight": 0.7, "eta": 0.5, "beta": 0.9},
          paper="Li et al., TMLR 2024, arXiv 2404.00357")
 
