@@ -52,13 +52,13 @@ CONFIGS = {
     "RS, interval=4": lambda: algorithms.RandomSmoothing(rho=4.0, interval=4),
     "SAM": lambda: algorithms.SAM(rho=0.05),
     "SAM, interval=4": lambda: algorithms.SAM(rho=0.05, interval=4),
-    "LookSAM, k=5": lambda: algorithms.LookSAM(rho=0.05, k=5),
-    "GSAM": lambda: algorithms.GSAM(rho=0.05, alpha=0.1),
+    "LookSAM, interval=5": lambda: algorithms.LookSAM(rho=0.05, interval=5),
+    "GSAM": lambda: algorithms.GSAM(rho=0.05, gap_weight=0.1),
     "AE-SAM": lambda: algorithms.AESAM(rho=0.05),
     "RWP": lambda: algorithms.RWP(sigma=0.01),
     "ARWP": lambda: algorithms.ARWP(sigma=0.01),
 }
-QUICK = ("plain SGD", "SA (Alg. 2)", "SA, interval=4", "SAM, interval=4", "LookSAM, k=5")
+QUICK = ("plain SGD", "SA (Alg. 2)", "SA, interval=4", "SAM, interval=4", "LookSAM, interval=5")
 
 
 def nominal_cost(algorithm, batch=BATCH):

@@ -95,7 +95,7 @@ def child(variant, optimizer, steps):
             "rs": lambda: keras_flat.algorithms.RandomSmoothing(rho=0.1),
             "sa": lambda: keras_flat.algorithms.SharpnessAware(rho=0.05),
             "gsam": lambda: keras_flat.algorithms.GSAM(rho=0.05),
-            "looksam": lambda: keras_flat.algorithms.LookSAM(rho=0.05, k=5),
+            "looksam": lambda: keras_flat.algorithms.LookSAM(rho=0.05, interval=5),
             "rwp": lambda: keras_flat.algorithms.RWP(sigma=0.01),
         }[name]()
         model = keras_flat.FlatMinimaModel(inner, algorithm, seed=0,

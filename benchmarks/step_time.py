@@ -42,7 +42,7 @@ VARIANTS = {
     "sam (interval 4)": lambda: keras_flat.algorithms.SAM(rho=0.05, interval=4),
     "asam": lambda: keras_flat.algorithms.ASAM(rho=0.5),
     "gsam": lambda: keras_flat.algorithms.GSAM(rho=0.05),
-    "looksam (k 5)": lambda: keras_flat.algorithms.LookSAM(rho=0.05, k=5),
+    "looksam (k 5)": lambda: keras_flat.algorithms.LookSAM(rho=0.05, interval=5),
     "rwp": lambda: keras_flat.algorithms.RWP(sigma=0.01),
 }
 

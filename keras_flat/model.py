@@ -12,8 +12,8 @@ from keras_flat import guard
 from keras_flat import internals
 from keras_flat import structure
 from keras_flat.algorithm_state import AlgorithmState
-from keras_flat.algorithms.base import as_step
-from keras_flat.algorithms.piece import BuildContext
+from keras_flat.algorithms.base import Step
+from keras_flat.algorithms.pieces.base import BuildContext
 from keras_flat.evaluation import BatchEvaluation
 from keras_flat.oracle import GradientOracle
 from keras_flat.oracle import loss_scale
@@ -224,7 +224,7 @@ class FlatMinimaModel(keras.Model):
         clean = self._clean_pass(x, y, sample_weight)
         if clean.variables:
             oracle = self._oracle(clean, x, y, sample_weight)
-            step = as_step(self.algorithm.compute_update(oracle, clean.grads))
+            step = _checked_step(self.algorithm, self.algorithm.compute_update(oracle, clean.grads))
             self._apply(clean, step)
         logs = self.compute_metrics(x, y, clean.y_pred, sample_weight=sample_weight)
         return _reducible_across_workers(logs)
@@ -424,6 +424,16 @@ class _PlanRecorder(keras.callbacks.Callback):
                 "`steps_per_epoch` to fit(), or give `start` as an integer step."
             )
         self.model.algorithm_state.planned_steps.assign(planned)
+
+
+def _checked_step(algorithm, step):
+    """`step`, if `algorithm.compute_update` returned a `Step`; else a `TypeError`."""
+    if not isinstance(step, Step):
+        raise TypeError(
+            f"{type(algorithm).__name__}.compute_update must return a "
+            f"keras_flat.algorithms.Step. Received: {step!r} of type {type(step).__name__}."
+        )
+    return step
 
 
 def _overrides(model, method):

@@ -53,3 +53,11 @@ def check_count(name, value, minimum):
             f"Argument `{name}` must be an integer >= {minimum}. Received: {name}={value!r}."
         )
     return int(value)
+
+
+def check_fraction(name, value):
+    """Validates a number in [0, 1]; returns it."""
+    value = check_number(name, value, minimum=0.0)
+    if value > 1.0:
+        raise ValueError(f"Argument `{name}` must be <= 1. Received: {name}={value!r}.")
+    return value

@@ -33,8 +33,8 @@ def test_rwp_given_rho_is_pointed_to_sigma(build):
     message = _message(build, "rwp", rho=0.1)
     assert message == (
         'RWP ("rwp") got an unknown argument `rho`. Did you mean `sigma` (RWP\'s radius)? '
-        "Accepted: sigma, perturbed_weight, include_offsets, perturbation_sync, interval, "
-        "start. "
+        "Accepted: sigma, perturbed_weight, include_offsets, interval, start, "
+        "perturbation_sync. "
         "Received: rho=0.1.")
 
 
@@ -43,15 +43,14 @@ def test_every_rule_names_itself_the_argument_and_what_it_accepts(name):
     cls = registry.entry(name).cls
     message = _message("class", name, no_such_argument=1)
     assert f'{cls.__name__} ("{name}") got an unknown argument `no_such_argument`.' in message
-    deprecated = getattr(cls, "DEPRECATED_ARGUMENTS", ())  # Accepted, not advertised.
-    accepted = [p for p in inspect.signature(cls).parameters if p not in deprecated]
+    accepted = list(inspect.signature(cls).parameters)  # Deprecated names are not listed.
     assert f"Accepted: {', '.join(accepted)}." in message
 
 
 @pytest.mark.parametrize("name, given, meant", [
     ("arwp", "rho", "sigma"),  # The radius of the random-perturbation rules.
     ("sam", "sigma", "rho"),
-    ("looksam", "interval", "k"),  # LookSAM's full SAM step every k steps.
+    ("looksam", "period", "interval"),  # LookSAM's full SAM step every `interval` steps.
     ("sam", "k", "interval"),
     ("sa", "tol", "tolerance"),
     ("rs", "num_examples", None),  # RS draws no examples: no suggestion.
@@ -68,9 +67,11 @@ def test_the_nearest_accepted_argument_is_suggested(name, given, meant):
 
 
 def test_an_argument_of_other_rules_names_them():
-    message = _message("class", "sam", alpha=0.1)
-    # Not RWP's or ARWP's: `alpha` is deprecated there, never suggested.
-    assert "`alpha` is an argument of GSAM (\"gsam\"), LookSAM (\"looksam\")." in message
+    message = _message("class", "sam", ema_decay=0.1)
+    assert ("`ema_decay` is an argument of AESAM (\"aesam\"), ARWP (\"arwp\"), "
+            "FriendlySAM (\"fsam\").") in message
+    # A deprecated name is never suggested: `alpha` is deprecated in GSAM, LookSAM and RWP.
+    assert "is an argument of" not in _message("class", "sam", alpha=0.1)
 
 
 def test_deprecated_arguments_are_not_suggested():
@@ -87,10 +88,10 @@ def test_several_unknown_arguments_are_all_named():
 
 
 def test_wrong_positional_use_is_explained():
-    with pytest.raises(TypeError, match=r'SAM \("sam"\) takes at most 4 positional arguments '
-                                        r"\(rho, perturbation_sync, interval, start\); "
-                                        r"received 5: 0.1, 'global', 1, None, 2\."):
-        algorithms.SAM(0.1, "global", 1, None, 2)
+    with pytest.raises(TypeError, match=r'SAM \("sam"\) takes at most 3 positional arguments '
+                                        r"\(rho, interval, start\); "
+                                        r"received 4: 0.1, 1, None, 2\."):
+        algorithms.SAM(0.1, 1, None, 2)
     with pytest.raises(TypeError, match=r"two values for `rho`: 0.1 by position and 0.2 by "
                                         "keyword"):
         algorithms.SAM(0.1, rho=0.2)
@@ -111,7 +112,7 @@ def test_the_check_keeps_signatures_and_subclasses_that_pass_arguments_on():
             self.extra = extra
 
     assert Extra(extra=2, rho=0.3).rho == 0.3
-    assert arguments.accepted(Extra) == ["extra", "rho", "perturbation_sync", "interval", "start"]
+    assert arguments.accepted(Extra) == ["extra", "rho", "interval", "start", "perturbation_sync"]
     with pytest.raises(TypeError, match=r"Extra got an unknown argument `rh`\. Did you mean "
                                         r"`rho`\? Accepted: extra, rho,"):
         Extra(rh=0.3)

@@ -12,13 +12,14 @@ import zipfile
 import keras
 import numpy as np
 import pytest
+from reference import arguments as rule_arguments
 
 import keras_flat
 from keras_flat import algorithms
-from keras_flat.algorithms import how
 from keras_flat.algorithms import registry
-from keras_flat.algorithms import when
-from keras_flat.algorithms import where
+from keras_flat.algorithms.pieces import how
+from keras_flat.algorithms.pieces import when
+from keras_flat.algorithms.pieces import where
 
 from helpers import mlp
 from helpers import regression_data
@@ -27,8 +28,7 @@ NAMES = algorithms.names()
 
 
 def _rule(name):
-    entry = registry.entry(name)
-    return entry.build(**entry.test_kwargs)
+    return rule_arguments.build(registry.entry(name))
 
 
 def _late_gsam():

@@ -8,7 +8,7 @@ import tensorflow as tf
 import keras_flat
 from keras_flat import algorithms
 from keras_flat import hessian
-from keras_flat.algorithms.where import SphereSample
+from keras_flat.algorithms.pieces.where import SphereSample
 from keras_flat.oracle import GradientOracle
 
 from conftest import NUM_LOGICAL_CPUS
@@ -45,7 +45,8 @@ def _train(name, sync, strategy=None, epochs=3, tolerance=None, x=None, y=None):
     with (strategy or tf.distribute.get_strategy()).scope():
         algorithm = ALGORITHMS[name](sync)
         if tolerance is not None:
-            algorithm.tolerance = tolerance
+            algorithm = type(algorithm)(**{**algorithm.arguments, "tolerance": tolerance},
+                                        perturbation_sync=sync)
         model = keras_flat.FlatMinimaModel(mlp(), algorithm, seed=5)
         model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="mse")
     history = model.fit(x, y, batch_size=16, epochs=epochs, shuffle=False, verbose=0)

@@ -13,6 +13,7 @@ import os
 import keras
 import numpy as np
 import pytest
+from reference import arguments as rule_arguments
 
 import keras_flat
 from keras_flat.algorithms import registry
@@ -45,7 +46,7 @@ def _model(seed=0):
 
 def _wrap(inner, name):
     entry = registry.entry(name)
-    model = keras_flat.FlatMinimaModel(inner, entry.build(**entry.test_kwargs), seed=5)
+    model = keras_flat.FlatMinimaModel(inner, rule_arguments.build(entry), seed=5)
     model.compile(keras.optimizers.SGD(0.05, momentum=0.9), LOSS)
     return model
 
@@ -97,7 +98,7 @@ def test_state_follows_the_variables_the_loss_reaches():
     unused = keras.layers.Dense(5, name="unused")(inputs)  # First among the variables.
     used = keras.layers.Dense(3, name="used")(inputs)
     inner = keras.Model(inputs, {"used": used, "unused": unused})
-    model = keras_flat.FlatMinimaModel(inner, keras_flat.algorithms.LookSAM(k=2), seed=0)
+    model = keras_flat.FlatMinimaModel(inner, keras_flat.algorithms.LookSAM(interval=2), seed=0)
     model.compile("sgd", {"used": LOSS})
     before = np.array(inner.get_layer("unused").kernel)
     model.fit(x, {"used": y}, batch_size=16, epochs=1, shuffle=False, verbose=0)

@@ -1,7 +1,7 @@
 """Properties every registered algorithm has.
 
 Each test runs for every name in `keras_flat.algorithms.names()`, with the
-registry's default arguments or its `test_kwargs` (every argument set to a
+registry's default arguments or the tests' `reference.arguments` (every argument set to a
 non-default value): an algorithm registered in one place is covered here with
 no test edited.
 """
@@ -12,6 +12,7 @@ import os
 import keras
 import numpy as np
 import pytest
+from reference import arguments as rule_arguments
 
 import keras_flat
 from keras_flat import algorithms
@@ -27,7 +28,7 @@ PERTURBING = [n for n in NAMES if registry.entry(n).cls.perturbs]
 
 def _algorithm(name, kind="defaults"):
     entry = registry.entry(name)
-    return entry.build(**(entry.test_kwargs if kind == "test" else {}))
+    return rule_arguments.build(entry) if kind == "test" else entry.build()
 
 
 def _model(algorithm, seed=0, lr=0.05, momentum=0.9, jit=False, batchnorm=True, **compile_kw):
@@ -92,9 +93,7 @@ def test_zero_gradient_gives_finite_steps(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_config_names_every_constructor_argument(name):
     algorithm = _algorithm(name, "test")
-    parameters = set(inspect.signature(type(algorithm).__init__).parameters) - {"self"}
-    # A deprecated name is translated into the current ones, which the config records.
-    parameters -= set(getattr(type(algorithm), "DEPRECATED_ARGUMENTS", ()))
+    parameters = set(inspect.signature(type(algorithm)).parameters)
     config = algorithm.get_config()
     assert parameters <= set(config)
     assert set(config) - parameters == {"name"} and config["name"] == name

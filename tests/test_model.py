@@ -97,8 +97,8 @@ def test_tolerance_zero_reproduces_plain_training_exactly(name):
     reference, inner = mlp(), mlp()
     _compile(reference, momentum=0.9)
     reference.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0)
-    algorithm = ALGORITHMS[name]()
-    algorithm.tolerance = 0.0
+    base = ALGORITHMS[name]()
+    algorithm = type(base)(**{**base.arguments, "tolerance": 0.0})
     model = _compile(keras_flat.FlatMinimaModel(inner, algorithm, seed=2), momentum=0.9)
     history = model.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0)
     assert history.history["perturbed"] == [0.0, 0.0, 0.0]

@@ -14,7 +14,7 @@ import tensorflow as tf
 import keras_flat
 from keras_flat import algorithms
 from keras_flat import rng
-from keras_flat.algorithms import radius
+from keras_flat.algorithms.pieces import radius
 
 from helpers import NumpyMLP
 from helpers import flat_norm
@@ -68,7 +68,7 @@ def _gsam_step(w, x, y, rho, alpha, lr):
 def test_gsam_radius_follows_the_learning_rate(peak):
     rho_max, rho_min, alpha = 0.4, 0.1, 0.3
     if peak is None:  # The default: lr_max is the largest learning rate so far.
-        rule = algorithms.GSAM(rho=rho_max, rho_min=rho_min, alpha=alpha)
+        rule = algorithms.GSAM(rho=rho_max, rho_min=rho_min, gap_weight=alpha)
     else:  # The official ProportionScheduler, with the peak given.
         rule = algorithms.GSAM(rho=radius.FollowLearningRate(rho_max, rho_min,
                                                              learning_rate_max=peak),
@@ -88,7 +88,7 @@ def test_gsam_radius_follows_the_learning_rate(peak):
 
 def test_gsam_radius_is_constant_with_a_constant_learning_rate():
     rho, alpha, lr = 0.3, 0.2, 0.1
-    model, x, y, w = _model(algorithms.GSAM(rho=rho, alpha=alpha), lr)
+    model, x, y, w = _model(algorithms.GSAM(rho=rho, gap_weight=alpha), lr)
     for _ in range(2):
         w = _gsam_step(w, x, y, rho, alpha, lr)
     _assert_close(_train(model, x, y, 2), w)

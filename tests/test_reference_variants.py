@@ -65,7 +65,7 @@ def _sam_gradient(ref, w, x, y, rho):
 
 def test_gsam_step_subtracts_the_clean_gradient_orthogonal_to_the_sam_gradient():
     rho, alpha = 0.3, 0.4
-    model, x, y, w = _model(algorithms.GSAM(rho=rho, alpha=alpha))
+    model, x, y, w = _model(algorithms.GSAM(rho=rho, gap_weight=alpha))
     ref = NumpyMLP(l2=L2)
     g, h = _sam_gradient(ref, w, x, y, rho)
     g_perp = np_project_out(g, h)
@@ -74,7 +74,7 @@ def test_gsam_step_subtracts_the_clean_gradient_orthogonal_to_the_sam_gradient()
     actual, _ = _train(model, x, y, 1)
     _assert_close(actual, expected)
     # ...and alpha = 0 is exactly SAM.
-    model, *_ = _model(algorithms.GSAM(rho=rho, alpha=0.0))
+    model, *_ = _model(algorithms.GSAM(rho=rho, gap_weight=0.0))
     _assert_close(_train(model, x, y, 1)[0], _sgd(w, h))
 
 
@@ -84,7 +84,7 @@ def test_gsam_step_subtracts_the_clean_gradient_orthogonal_to_the_sam_gradient()
 @pytest.mark.parametrize("k", [2, 3])
 def test_looksam_reuses_the_last_sam_steps_orthogonal_direction(k):
     rho, alpha, steps = 0.3, 0.7, 4
-    model, x, y, w = _model(algorithms.LookSAM(rho=rho, k=k, alpha=alpha))
+    model, x, y, w = _model(algorithms.LookSAM(rho=rho, interval=k, reuse_weight=alpha))
     ref = NumpyMLP(l2=L2)
     stored = None
     flags = []
@@ -169,8 +169,8 @@ def test_arwp_accumulates_the_squared_perturbed_gradient_per_filter(include_offs
     # at the *perturbed* point, per output filter of a kernel and per element of
     # a perturbed vector, and divides each noise std by sqrt(1 + eta * sum).
     sigma, weight, eta, beta, steps = 0.2, 0.5, 3.0, 0.9, 3
-    model, x, y, w = _model(algorithms.ARWP(sigma=sigma, perturbed_weight=weight, eta=eta,
-                                            beta=beta, include_offsets=include_offsets))
+    model, x, y, w = _model(algorithms.ARWP(sigma=sigma, perturbed_weight=weight, adaptation=eta,
+                                            ema_decay=beta, include_offsets=include_offsets))
     ref = NumpyMLP(l2=L2)
     fisher = [np.zeros_like(_fisher_sums(t, not include_offsets)) for t in w]
     for step in range(steps):
@@ -192,7 +192,7 @@ def test_arwp_accumulates_the_squared_perturbed_gradient_per_filter(include_offs
 
 def test_arwp_leaves_its_sums_alone_on_steps_that_do_not_perturb():
     sigma, eta, beta = 0.2, 3.0, 0.9
-    model, x, y, w = _model(algorithms.ARWP(sigma=sigma, eta=eta, beta=beta, interval=2))
+    model, x, y, w = _model(algorithms.ARWP(sigma=sigma, adaptation=eta, ema_decay=beta, interval=2))
     ref = NumpyMLP(l2=L2)
     noise = [s * z for s, z in zip(_filter_std(w, sigma, False), _normals(0, w))]
     g = ref.grad(w, x, y)
@@ -250,7 +250,7 @@ def test_aesam_perturbs_when_the_squared_gradient_norm_is_large_for_the_run(thre
     rho, decay, steps = 0.3, 0.5, 6
     start, end = (1.0, -1.0) if thresholds is None else thresholds
     kwargs = {} if thresholds is None else {"threshold_start": start, "threshold_end": end}
-    model, x, y, w = _model(algorithms.AESAM(rho=rho, decay=decay, **kwargs))
+    model, x, y, w = _model(algorithms.AESAM(rho=rho, ema_decay=decay, **kwargs))
     ref = NumpyMLP(l2=L2)
     mean = variance = None
     flags = []
@@ -278,7 +278,7 @@ def test_aesam_uses_sam_more_often_late_in_training_by_default():
     decay, steps = 0.9, 60
     x, y = regression_data(n=256)
     data = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(256, seed=0).batch(16).repeat()
-    model = keras_flat.FlatMinimaModel(mlp(), algorithms.AESAM(rho=0.05, decay=decay), seed=SEED)
+    model = keras_flat.FlatMinimaModel(mlp(), algorithms.AESAM(rho=0.05, ema_decay=decay), seed=SEED)
     model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
     # One step per epoch, so the logs are per step.
     history = model.fit(data, epochs=steps, steps_per_epoch=1, verbose=0).history

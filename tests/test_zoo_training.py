@@ -220,7 +220,7 @@ def test_a_tolerance_that_always_perturbs_steps_like_no_tolerance_with_embedding
 @pytest.mark.parametrize("algorithm", [
     keras_flat.algorithms.SAM(rho=0.05, interval=2),
     keras_flat.algorithms.SharpnessAware(rho=0.05, interval=2),
-    keras_flat.algorithms.LookSAM(rho=0.05, k=2),
+    keras_flat.algorithms.LookSAM(rho=0.05, interval=2),
     keras_flat.algorithms.SAM(rho=0.05, start=1),
 ], ids=["sam-interval", "sa-interval", "looksam", "sam-start"])
 def test_conditional_rules_train_a_model_with_an_embedding(algorithm):

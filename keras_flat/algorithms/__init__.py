@@ -2,11 +2,12 @@
 
 Pieces, to compose new rules with `Composite(where=..., how=..., when=...)`:
 `keras_flat.algorithms.when` (schedules), `.where` (perturbed points) and
-`.how` (combiners). A new rule is registered once with `register`, which
-makes it known to `get`, the command line, the demo and the invariant tests.
+`.how` (combiners). A named rule is a `Recipe`: its arguments and the
+pieces it makes of them. A new rule is registered once with `register`,
+which makes it known to `get`, the command line, the demo and the
+registry-driven tests.
 
-Named rules (`names()`; `None` also means "none"; each perturbing rule is a
-preset of `Composite`), as registered:
+Named rules (`names()`; `None` also means "none"), as registered:
 
 {registered_rules}
 """
@@ -14,64 +15,33 @@ preset of `Composite`), as registered:
 import keras
 
 from keras_flat.algorithms import config_name
-from keras_flat.algorithms import how
-from keras_flat.algorithms import radius
 from keras_flat.algorithms import registry
-from keras_flat.algorithms import when
-from keras_flat.algorithms import where
-from keras_flat.algorithms.aesam import AESAM
+from keras_flat.algorithms import rules  # noqa: F401  (registers the named rules)
 from keras_flat.algorithms.base import Algorithm
 from keras_flat.algorithms.base import Step
 from keras_flat.algorithms.composite import Composite
 from keras_flat.algorithms.context import StepContext
-from keras_flat.algorithms.gsam import GSAM
-from keras_flat.algorithms.looksam import LookSAM
-from keras_flat.algorithms.none import NoPerturbation
-from keras_flat.algorithms.perturbed_step import PerturbationAlgorithm
-from keras_flat.algorithms.piece import BuildContext
-from keras_flat.algorithms.random_smoothing import RandomSmoothing
+from keras_flat.algorithms.pieces import how
+from keras_flat.algorithms.pieces import radius
+from keras_flat.algorithms.pieces import when
+from keras_flat.algorithms.pieces import where
+from keras_flat.algorithms.pieces.base import BuildContext
+from keras_flat.algorithms.recipe import Recipe
 from keras_flat.algorithms.registry import label
 from keras_flat.algorithms.registry import names
 from keras_flat.algorithms.registry import register
-from keras_flat.algorithms.rwp import ARWP
-from keras_flat.algorithms.rwp import RWP
-from keras_flat.algorithms.sam import ASAM
-from keras_flat.algorithms.sam import SAM
-from keras_flat.algorithms.sharpness_aware import SharpnessAware
-
-register("none", NoPerturbation, "plain SGD", aliases=("plain", "no_perturbation"))
-register("sam", SAM, "SAM", defaults={"rho": 0.05},
-         test_kwargs={"rho": 0.07, "interval": 2, "start": 1, "perturbation_sync": "replica"},
-         paper="Foret et al., ICLR 2021, arXiv 2010.01412")
-register("asam", ASAM, "ASAM", defaults={"rho": 0.5},
-         test_kwargs={"rho": 0.9, "eta": 0.02, "interval": 2},
-         paper="Kwon et al., ICML 2021, arXiv 2102.11600")
-register("rs", RandomSmoothing, "RS (Alg. 1)", aliases=("random_smoothing", "randomsmoothing"),
-         defaults={"rho": 2.0},
-         test_kwargs={"rho": 0.3, "tolerance": 1e3, "perturbed_lr_scale": 2.0, "project": False,
-                      "antithetic": True, "interval": 2},
-         paper="Ahn, Jadbabaie & Sra, ICML 2024, arXiv 2305.15659, Algorithm 1")
-register("sa", SharpnessAware, "SA (Alg. 2)", aliases=("sharpness_aware", "sharpnessaware"),
-         defaults={"rho": 0.1},
-         test_kwargs={"rho": 0.1, "tolerance": 1e3, "perturbed_lr_scale": 0.5, "examples": 3,
-                      "jitter": 1e-4, "center": True, "antithetic": True, "start": 1},
-         paper="Ahn, Jadbabaie & Sra, ICML 2024, arXiv 2305.15659, Algorithm 2")
-register("gsam", GSAM, "GSAM", defaults={"rho": 0.05, "alpha": 0.1},
-         test_kwargs={"rho": 0.1, "alpha": 0.3, "interval": 2, "rho_min": 0.02},
-         paper="Zhuang et al., ICLR 2022, arXiv 2203.08065")
-register("looksam", LookSAM, "LookSAM", aliases=("look_sam",), defaults={"rho": 0.05, "k": 5},
-         test_kwargs={"rho": 0.1, "k": 3, "alpha": 0.5},
-         paper="Liu et al., CVPR 2022, arXiv 2203.02714")
-register("aesam", AESAM, "AE-SAM", aliases=("ae_sam",), defaults={"rho": 0.05},
-         test_kwargs={"rho": 0.1, "decay": 0.8, "threshold_start": 0.0, "threshold_end": 0.0},
-         paper="Jiang et al., ICLR 2023, arXiv 2304.14647")
-register("rwp", RWP, "RWP", defaults={"sigma": 0.01},
-         test_kwargs={"sigma": 0.05, "perturbed_weight": 0.7, "include_offsets": True,
-                      "interval": 2},
-         paper="Li et al., arXiv 2211.11489")
-register("arwp", ARWP, "ARWP", defaults={"sigma": 0.015},
-         test_kwargs={"sigma": 0.05, "perturbed_weight": 0.7, "eta": 0.5, "beta": 0.9},
-         paper="Li et al., TMLR 2024, arXiv 2404.00357")
+from keras_flat.algorithms.rules.aesam import AESAM
+from keras_flat.algorithms.rules.ahn import RandomSmoothing
+from keras_flat.algorithms.rules.ahn import SharpnessAware
+from keras_flat.algorithms.rules.gsam import GSAM
+from keras_flat.algorithms.rules.looksam import LookSAM
+from keras_flat.algorithms.rules.none import NoPerturbation
+from keras_flat.algorithms.rules.rwp import ARWP
+from keras_flat.algorithms.rules.rwp import RWP
+from keras_flat.algorithms.rules.sam import ASAM
+from keras_flat.algorithms.rules.sam import SAM
+from keras_flat.algorithms.rules.sam import FriendlySAM
+from keras_flat.oracle import GradientOracle
 
 __doc__ = registry.fill_docstring(__doc__)
 
@@ -235,7 +205,8 @@ def _no_kwargs(identifier, kwargs):
 __all__ = [
     "Algorithm",
     "Composite",
-    "PerturbationAlgorithm",
+    "Recipe",
+    "GradientOracle",
     "NoPerturbation",
     "RandomSmoothing",
     "SharpnessAware",
@@ -246,6 +217,7 @@ __all__ = [
     "AESAM",
     "RWP",
     "ARWP",
+    "FriendlySAM",
     "Step",
     "StepContext",
     "BuildContext",

@@ -38,8 +38,11 @@ _PARAMETER_KINDS = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIO
 def checked_init(init):
     """Wraps an `__init__` so its arguments are checked against its signature first.
 
+    Renamed arguments (the class's `RENAMED`) are translated first, with a
+    `DeprecationWarning` (see `translate`).
+
     Args:
-        init: The `__init__` function of an `Algorithm` subclass.
+        init: The `__init__` function of an `Algorithm` or piece subclass.
 
     Returns:
         A function with the same signature (for `inspect.signature`) that
@@ -50,6 +53,7 @@ def checked_init(init):
 
     @functools.wraps(init)
     def __init__(self, *args, **kwargs):
+        kwargs = translate(type(self), kwargs)
         try:
             signature.bind(self, *args, **kwargs)
         except TypeError as error:
@@ -59,18 +63,58 @@ def checked_init(init):
     return __init__
 
 
+def translate(cls, kwargs, warn=True):
+    """`kwargs` with the deprecated arguments of `cls` turned into the current ones.
+
+    `cls.RENAMED` maps an old argument to its new name, or to a function of
+    the old value returning `{new_name: value, ...}` (for an argument whose
+    meaning changed, e.g. a weight that became its complement).
+
+    Args:
+        cls: The rule or piece class.
+        kwargs: The keyword arguments (or a saved config).
+        warn: Warn with a `DeprecationWarning` (not for saved configs,
+            which load silently).
+
+    Returns:
+        A new dict.
+
+    Raises:
+        TypeError: if an old argument and its new one are both given.
+    """
+    out = dict(kwargs)
+    for old, new in getattr(cls, "RENAMED", {}).items():
+        if old not in out:
+            continue
+        value = out.pop(old)
+        translated = new(value) if callable(new) else {new: value}
+        both = [key for key in translated if key in out]
+        if both:
+            raise TypeError(
+                f"{rule(cls)} got the deprecated `{old}` and its replacement `{both[0]}`; "
+                f"give only `{both[0]}`. Received: {old}={value!r}, {both[0]}={out[both[0]]!r}."
+            )
+        if warn:
+            deprecated(old, "`, `".join(translated), stacklevel=4)
+        out.update(translated)
+    return out
+
+
 def accepted(cls):
     """The names of the arguments `cls(...)` accepts, in signature order.
 
-    Follows `**kwargs` to the parent class's `__init__`, so a subclass that
-    passes its extra arguments on lists its parent's too.
+    Follows `**kwargs` to the parent class's `__init__` (or a `Recipe`'s
+    signature), so a subclass that passes its extra arguments on lists its
+    parent's too.
     """
     names = []
     for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None:
+        if "__signature__" in vars(klass):
+            parameters = list(klass.__signature__.parameters.values())
+        elif "__init__" in vars(klass):
+            parameters = list(inspect.signature(vars(klass)["__init__"]).parameters.values())[1:]
+        else:
             continue
-        parameters = list(inspect.signature(init).parameters.values())[1:]  # Not `self`.
         names += [p.name for p in parameters if p.kind in _PARAMETER_KINDS and p.name not in names]
         if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
             break
@@ -78,8 +122,8 @@ def accepted(cls):
 
 
 def current(cls, names):
-    """`names` without the deprecated arguments of `cls` (its `DEPRECATED_ARGUMENTS`)."""
-    deprecated_names = getattr(cls, "DEPRECATED_ARGUMENTS", ())
+    """`names` without the deprecated arguments of `cls` (its `RENAMED`)."""
+    deprecated_names = getattr(cls, "RENAMED", {})
     return [name for name in names if name not in deprecated_names]
 
 
@@ -154,37 +198,17 @@ def rule(cls):
     return f'{cls.__name__} ("{entry.name}")' if entry else cls.__name__
 
 
-def deprecated(old, new, meaning=""):
+def deprecated(old, new, meaning="", stacklevel=3):
     """Warns that argument `old` is deprecated in favour of `new`.
 
     Args:
         old: The deprecated argument's name.
         new: The argument to use instead.
         meaning: How the old value translates, e.g. `"perturbed_weight = 1 - alpha"`.
+        stacklevel: As `warnings.warn`'s.
     """
     warnings.warn(
         f"Argument `{old}` is deprecated and will be removed in the next release; use "
         f"`{new}` instead" + (f" ({meaning})" if meaning else "") + ".",
-        DeprecationWarning, stacklevel=3,
+        DeprecationWarning, stacklevel=stacklevel,
     )
-
-
-def renamed_config(config, translations):
-    """A saved config with deprecated keys translated, without warnings.
-
-    A config saved before a rename records the old names; loading it must
-    give the rule it described, so each old key is turned into the new
-    ones it meant.
-
-    Args:
-        config: A config dict.
-        translations: `{old_key: function(old_value) -> {new_key: value}}`.
-
-    Returns:
-        A new dict.
-    """
-    config = dict(config)
-    for old, translate in translations.items():
-        if old in config:
-            config.update(translate(config.pop(old)))
-    return config

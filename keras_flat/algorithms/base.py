@@ -1,27 +1,21 @@
 """The contract every update rule follows."""
 
+import dataclasses
 import typing
 
 import keras
 
 from keras_flat.algorithms import config_name
 from keras_flat.algorithms.arguments import checked_init
+from keras_flat.algorithms.arguments import translate
 from keras_flat.validation import check_choice
 
 PERTURBATION_SYNC_MODES = ("global", "replica")
 
 
-class _StepFields(typing.NamedTuple):
-    update: list
-    grad_norm: typing.Any
-    perturbed: typing.Any
-
-
-class Step(_StepFields):
+@dataclasses.dataclass(frozen=True)
+class Step:
     """What an algorithm returns for one batch.
-
-    Unpacks as `update, grad_norm, perturbed` (the earlier three-tuple
-    contract) and carries the algorithm's state changes in `assignments`.
 
     Attributes:
         update: List of tensors the optimizer applies (this replica's
@@ -36,10 +30,10 @@ class Step(_StepFields):
             algorithm's state as it was too.
     """
 
-    def __new__(cls, update, grad_norm, perturbed, assignments=()):
-        self = super().__new__(cls, update, grad_norm, perturbed)
-        self.assignments = tuple(assignments)
-        return self
+    update: list
+    grad_norm: typing.Any
+    perturbed: typing.Any
+    assignments: tuple = ()
 
 
 @keras.saving.register_keras_serializable(package="keras_flat")
@@ -119,7 +113,7 @@ class Algorithm:
                 replica's contribution, loss scaling removed).
 
         Returns:
-            A `Step` (or the tuple `(update, grad_norm, perturbed)`).
+            A `Step`.
         """
         raise NotImplementedError(
             f"{type(self).__name__} must implement compute_update()."
@@ -136,7 +130,7 @@ class Algorithm:
     @classmethod
     def from_config(cls, config):
         """The rule of a `get_config()` dict (with or without its `"name"`)."""
-        return cls(**config_name.without_name(cls, config))
+        return cls(**translate(cls, config_name.without_name(cls, config), warn=False))
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items()
@@ -150,11 +144,3 @@ class Algorithm:
 
     def __hash__(self):
         return hash((type(self).__name__, repr(self)))
-
-
-def as_step(result):
-    """A `Step` from what `compute_update` returned (a `Step` or a 3-tuple)."""
-    if isinstance(result, Step):
-        return result
-    update, grad_norm, perturbed = result
-    return Step(list(update), grad_norm, perturbed)

@@ -6,14 +6,14 @@ import tensorflow as tf
 from keras_flat.algorithms.base import Algorithm
 from keras_flat.algorithms.base import Step
 from keras_flat.algorithms.context import StepContext
-from keras_flat.algorithms.how import Replace
-from keras_flat.algorithms.piece import Combiner
-from keras_flat.algorithms.piece import Perturbation
-from keras_flat.algorithms.piece import PerVariable
-from keras_flat.algorithms.piece import Schedule
-from keras_flat.algorithms.piece import deserialize
-from keras_flat.algorithms.piece import serialize
-from keras_flat.algorithms.when import Always
+from keras_flat.algorithms.pieces.base import Combiner
+from keras_flat.algorithms.pieces.base import Perturbation
+from keras_flat.algorithms.pieces.base import PerVariable
+from keras_flat.algorithms.pieces.base import Schedule
+from keras_flat.algorithms.pieces.base import deserialize
+from keras_flat.algorithms.pieces.base import serialize
+from keras_flat.algorithms.pieces.how import Replace
+from keras_flat.algorithms.pieces.when import Always
 
 ROLES = ("when", "where", "how")
 
@@ -33,9 +33,10 @@ class Composite(Algorithm):
     for its state. State the pieces keep is returned as assignments,
     written by `FlatMinimaModel` only if the step is applied.
 
-    The named rules are presets of this class, e.g. `SAM(rho)` is
-    `Composite(where=Ascent(rho), how=Replace())` and LookSAM is
-    `Composite(where=Ascent(rho), how=Reuse(alpha), when=Every(k))`.
+    The named rules are recipes of this class (`keras_flat.algorithms.Recipe`),
+    e.g. `SAM(rho)` is `Composite(where=Ascent(rho), how=Replace())` and
+    LookSAM is `Composite(where=Ascent(rho), how=Reuse(reuse_weight),
+    when=Every(interval))`.
 
     Args:
         where: A `Perturbation` (`keras_flat.algorithms.where`).
@@ -60,22 +61,38 @@ class Composite(Algorithm):
         self.where = _piece("where", where, Perturbation)
         self.how = _piece("how", Replace() if how is None else how, Combiner)
         self.when = _piece("when", Always() if when is None else when, Schedule)
-        self.pieces()  # Validates the streams.
+        check_streams(self.pieces())
 
     def pieces(self):
-        """`{"when": ..., "where": ..., "how": ...}`, the pieces of this rule.
-
-        The named rules build theirs from their arguments each time, so an
-        argument changed after construction takes effect.
-        """
-        pieces = {"when": self.when, "where": self.where, "how": self.how}
-        check_streams(pieces)
-        return pieces
+        """`{"when": ..., "where": ..., "how": ...}`, the pieces of this rule."""
+        return {"when": self.when, "where": self.where, "how": self.how}
 
     @property
     def needs_plan(self):
         """Whether the schedule needs the number of steps `fit` plans."""
-        return self.pieces()["when"].needs_plan
+        return self.when.needs_plan
+
+    def gradient_evaluations(self, batch_size, perturbed_fraction=None):
+        """Expected batch-gradient evaluations per step.
+
+        Args:
+            batch_size: The batch size (a perturbation may use part of it).
+            perturbed_fraction: The fraction of steps that perturb; None
+                uses the schedule's expectation.
+        """
+        if perturbed_fraction is None:
+            perturbed_fraction = self.when.expected_fraction()
+        return 1.0 + perturbed_fraction * self.where.gradient_evaluations(batch_size)
+
+    def label_parts(self):
+        """The pieces' label fragments, e.g. `["ρ=0.05", "interval=2"]`."""
+        return [part for piece in (self.where, self.how, self.when)
+                for part in piece.label_parts()]
+
+    def variant_options(self):
+        """The pieces' options that depart from the published rule."""
+        return [option for piece in (self.where, self.how, self.when)
+                for option in piece.variant_options()]
 
     def build(self, build):
         self.state = {role: piece.init(build.prefixed(f"{role}_"))
@@ -89,8 +106,7 @@ class Composite(Algorithm):
         return _select(state[role], variables)
 
     def compute_update(self, oracle, grads):
-        pieces = self.pieces()
-        when, where, how = pieces["when"], pieces["where"], pieces["how"]
+        when, where, how = self.when, self.where, self.how
         states = {role: self._state(role, oracle.trainable_variables) for role in ROLES}
         ctx = StepContext(oracle, grads, self.perturbation_sync)
         prepared = where.prepare(ctx, states["where"])

@@ -2,12 +2,11 @@
 
 `keras_flat.algorithms.get`, the `keras-flat` command line, the demo and the
 examples all read this table, so a new rule is known everywhere once it is
-registered here (and the invariant tests in `tests/test_invariants.py` cover
-it with no test edited).
+registered (and the registry-driven tests cover it with no test edited).
+Each rule's module registers it, next to its class.
 """
 
 import dataclasses
-import numbers
 import textwrap
 
 
@@ -20,11 +19,9 @@ class Entry:
         cls: The `Algorithm` subclass the name builds.
         label: The name tables and plots show (`"SAM"`).
         aliases: Other names accepted by `get` (case and dashes ignored).
-        defaults: Arguments the demo and command line use when the user
-            gives none, e.g. a radius suited to the demo's model. They do
-            not change the class's own defaults.
-        test_kwargs: Non-default arguments for the invariant tests (every
-            argument the class takes that changes its behaviour).
+        defaults: Demo settings: arguments the demo and command line use
+            when the user gives none, e.g. a radius suited to the demo's
+            model. They do not change the class's own defaults.
         paper: Where the rule comes from.
     """
 
@@ -33,7 +30,6 @@ class Entry:
     label: str
     aliases: tuple = ()
     defaults: dict = dataclasses.field(default_factory=dict)
-    test_kwargs: dict = dataclasses.field(default_factory=dict)
     paper: str = ""
 
     def build(self, **kwargs):
@@ -50,7 +46,7 @@ def normalize(name):
     return name.strip().lower().replace("-", "_")
 
 
-def register(name, cls, label, aliases=(), defaults=None, test_kwargs=None, paper=""):
+def register(name, cls, label, aliases=(), defaults=None, paper=""):
     """Adds an algorithm to the table; returns its `Entry`.
 
     Args:
@@ -58,15 +54,15 @@ def register(name, cls, label, aliases=(), defaults=None, test_kwargs=None, pape
         cls: The `Algorithm` subclass.
         label: Display name for tables and plots.
         aliases: Other accepted names.
-        defaults: Arguments the demo and command line use by default.
-        test_kwargs: Non-default arguments the invariant tests use.
+        defaults: Demo settings, the arguments the demo and command line
+            use by default.
         paper: Citation.
 
     Raises:
         ValueError: if the name or an alias is already taken.
     """
     entry = Entry(normalize(name), cls, label, tuple(normalize(a) for a in aliases),
-                  dict(defaults or {}), dict(test_kwargs or {}), paper)
+                  dict(defaults or {}), paper)
     for key in (entry.name,) + entry.aliases:
         if key in _ALIASES:
             raise ValueError(
@@ -133,38 +129,24 @@ def by_class(cls):
 def label(algorithm, radius=True):
     """A table label: the registered name, its options and (optionally) radius.
 
-    Options that depart from the published rule (`center`, `antithetic`)
-    replace the rule's citation, so a variant is never labelled as the
-    paper's algorithm: `"SA (Alg. 2), ρ=0.1"` but `"SA + center, antithetic,
-    ρ=0.1"`.
+    The fragments come from the rule's pieces (`Piece.label_parts`), and
+    options that depart from the published rule (`Piece.variant_options`,
+    e.g. SA's `center`) replace the rule's citation, so a variant is never
+    labelled as the paper's algorithm: `"SA (Alg. 2), ρ=0.1"` but
+    `"SA + center, antithetic, ρ=0.1"`.
 
     Args:
         algorithm: An `Algorithm`.
-        radius: Include the radius (`rho` or `sigma`).
+        radius: Include the radius (`ρ` or `σ`).
     """
     found = by_class(type(algorithm))
     text = found.label if found else type(algorithm).__name__
-    options = [o for o in ("center", "antithetic") if getattr(algorithm, o, False)]
+    options = getattr(algorithm, "variant_options", list)()
     if options:
         text = text.split(" (")[0] + " + " + ", ".join(options)
-    extras = []
-    for key, symbol in (("rho", "ρ"), ("sigma", "σ")):
-        value = getattr(algorithm, key, None)
-        if radius and value is not None:
-            extras.append(f"{symbol}={describe_radius(value)}")
-    for option in ("interval", "k"):
-        value = getattr(algorithm, option, 1)
-        if isinstance(value, int) and value > 1:
-            extras.append(f"{option}={value}")
-    start = getattr(algorithm, "start", None)
-    if start is not None:
-        extras.append(f"start={start:g}")
+    extras = [part for part in getattr(algorithm, "label_parts", list)()
+              if radius or not part.startswith(("ρ=", "σ="))]
     return f"{text}, {', '.join(extras)}" if extras else text
-
-
-def describe_radius(value):
-    """A radius for a label: `0.05`, or a schedule's class name."""
-    return f"{value:g}" if isinstance(value, numbers.Real) else type(value).__name__
 
 
 #: The line of a docstring that `fill_docstring` replaces with `describe()`.

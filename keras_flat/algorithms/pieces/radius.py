@@ -168,6 +168,13 @@ def check(name, value):
     return check_number(name, value, minimum=0.0)
 
 
+def describe(value):
+    """A radius for a label: `0.05` (a `FollowLearningRate`'s maximum), or a schedule's class."""
+    if isinstance(value, FollowLearningRate):
+        value = value.maximum
+    return f"{value:g}" if is_constant(value) else type(value).__name__
+
+
 def is_constant(value):
     """Whether a checked radius is a plain number."""
     return isinstance(value, numbers.Real)

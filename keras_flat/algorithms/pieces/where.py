@@ -10,10 +10,10 @@ import keras
 import tensorflow as tf
 
 from keras_flat import vector
-from keras_flat.algorithms import radius
-from keras_flat.algorithms.example_direction import ExampleDirection  # noqa: F401
-from keras_flat.algorithms.piece import Perturbation
+from keras_flat.algorithms.pieces import radius
+from keras_flat.algorithms.pieces.base import Perturbation
 from keras_flat.validation import check_bool
+from keras_flat.validation import check_fraction
 from keras_flat.validation import check_number
 
 
@@ -40,6 +40,10 @@ class RadiusPerturbation(Perturbation):
     def assignments(self, ctx, state):
         return radius.assignments(getattr(self, self.RADIUS), ctx, state.get("radius", {}))
 
+    def label_parts(self):
+        symbol = {"rho": "ρ", "sigma": "σ"}[self.RADIUS]
+        return [f"{symbol}={radius.describe(getattr(self, self.RADIUS))}"]
+
 
 @keras.saving.register_keras_serializable(package="keras_flat")
 class Ascent(RadiusPerturbation):
@@ -62,6 +66,51 @@ class Ascent(RadiusPerturbation):
 
     def get_config(self):
         return {"rho": radius.config(self.rho)}
+
+
+@keras.saving.register_keras_serializable(package="keras_flat")
+class FriendlyAscent(RadiusPerturbation):
+    """F-SAM's point: `w + rho·d/‖d‖`, `d = g - full_gradient_weight·m` (arXiv 2403.12350).
+
+    `m` is an exponential moving average of the past batch gradients, an
+    estimate of the full gradient, so the ascent follows the batch
+    gradient's stochastic part (Li et al., "Friendly Sharpness-Aware
+    Minimization", CVPR 2024). After every step `m ← ema_decay·m +
+    (1 - ema_decay)·g`; the first step sets `m = g` and ascends along `g`.
+
+    Args:
+        rho: A finite number >= 0, or a schedule (see `radius`).
+        full_gradient_weight: σ, a finite number >= 0; 0 is SAM.
+        ema_decay: λ, in [0, 1).
+    """
+
+    def __init__(self, rho, full_gradient_weight=1.0, ema_decay=0.9):
+        self.rho = radius.check("rho", rho)
+        self.full_gradient_weight = check_number("full_gradient_weight", full_gradient_weight,
+                                                 minimum=0.0)
+        self.ema_decay = check_fraction("ema_decay", ema_decay)
+
+    def init(self, build):
+        return {**super().init(build), "started": build.make_variable("started", ()),
+                "average": build.per_variable(lambda i, v, p: build.make_variable(
+                    f"average_{i}", tuple(v.shape)))}
+
+    def gradient(self, ctx, prepared, state):
+        weight = self.full_gradient_weight * tf.convert_to_tensor(state["started"])
+        average = [tf.cast(state["average"][i], g.dtype) for i, g in enumerate(ctx.view)]
+        offset = vector.unit(vector.add(ctx.view, average, -weight), self.radius_at(ctx, state))
+        return list(ctx.gradient(offset=offset[0])[1])
+
+    def assignments(self, ctx, state):
+        started = tf.convert_to_tensor(state["started"]) > 0.0
+        averages = [state["average"][i] for i in range(len(ctx.view))]
+        return super().assignments(ctx, state) + ((state["started"], 1.0),) + tuple(
+            (m, tf.where(started, self.ema_decay * m + (1.0 - self.ema_decay) * tf.cast(g, m.dtype),
+                         tf.cast(g, m.dtype))) for m, g in zip(averages, ctx.view))
+
+    def get_config(self):
+        return {"rho": radius.config(self.rho), "ema_decay": self.ema_decay,
+                "full_gradient_weight": self.full_gradient_weight}
 
 
 @keras.saving.register_keras_serializable(package="keras_flat")
@@ -141,6 +190,15 @@ class SphereSample(Perturbation):
             h = vector.scale(vector.add(h, behind), 0.5)
         return list(h)
 
+    def gradient_evaluations(self, batch_size):
+        return 2.0 if self.antithetic else 1.0
+
+    def label_parts(self):
+        return [f"ρ={radius.describe(self.rho)}"]
+
+    def variant_options(self):
+        return ["antithetic"] if self.antithetic else []
+
     def get_config(self):
         return {"rho": self.rho, "antithetic": self.antithetic}
 
@@ -158,7 +216,7 @@ class FilterGaussian(RadiusPerturbation):
 
     With `adaptive=True` this is ARWP's adaptive variance (Li et al., TMLR
     2024, arXiv 2404.00357): each standard deviation is divided by
-    `sqrt(1 + eta·F)`, with `F ← beta·F + Σ h²` accumulated from the
+    `sqrt(1 + adaptation·F)`, with `F ← ema_decay·F + Σ h²` accumulated from the
     *perturbed* gradients `h` of earlier steps (as the official m-ARWP
     code does), summed over each filter of a kernel or embedding and kept
     per element for the other perturbed variables (offsets and
@@ -174,21 +232,25 @@ class FilterGaussian(RadiusPerturbation):
             schedule (see `keras_flat.algorithms.radius`).
         include_offsets: Also perturb biases and normalisation parameters.
         adaptive: Use ARWP's adaptive variance.
-        eta: ARWP's strength of the adaptation, >= 0.
-        beta: ARWP's decay of the accumulated squared gradients, in [0, 1].
+        adaptation: ARWP's strength of the adaptation (the paper's η), >= 0.
+        ema_decay: ARWP's decay of the accumulated squared gradients (the
+            paper's β), in [0, 1].
     """
 
     STREAMS = {"filter_noise": 5}
     RADIUS = "sigma"
+    RENAMED = {"eta": "adaptation", "beta": "ema_decay"}
 
-    def __init__(self, sigma, include_offsets=False, adaptive=False, eta=0.1, beta=0.99):
+    def __init__(self, sigma, include_offsets=False, adaptive=False, adaptation=0.1,
+                 ema_decay=0.99):
         self.sigma = radius.check("sigma", sigma)
         self.include_offsets = check_bool("include_offsets", include_offsets)
         self.adaptive = check_bool("adaptive", adaptive)
-        self.eta = check_number("eta", eta, minimum=0.0)
-        self.beta = check_number("beta", beta, minimum=0.0)
-        if self.beta > 1.0:
-            raise ValueError(f"Argument `beta` must be <= 1. Received: beta={beta!r}.")
+        self.adaptation = check_number("adaptation", adaptation, minimum=0.0)
+        self.ema_decay = check_number("ema_decay", ema_decay, minimum=0.0)
+        if self.ema_decay > 1.0:
+            raise ValueError(
+                f"Argument `ema_decay` must be <= 1. Received: ema_decay={ema_decay!r}.")
         self.keeps_gradient = self.adaptive
 
     def _perturbed(self, parameter):
@@ -222,7 +284,7 @@ class FilterGaussian(RadiusPerturbation):
                 tf.reduce_sum(tf.square(w), axis=parameter.reduce_axes, keepdims=True))
             if self.adaptive:
                 fisher = tf.cast(state["fisher"][i], std.dtype)
-                std = std / tf.sqrt(1.0 + self.eta * fisher)
+                std = std / tf.sqrt(1.0 + self.adaptation * fisher)
             offset.append(tf.cast(noises[i] * std, value.dtype))
         return list(ctx.gradient(offset=offset)[1])
 
@@ -235,17 +297,109 @@ class FilterGaussian(RadiusPerturbation):
             fisher = state["fisher"][i]
             squares = tf.reduce_sum(tf.square(tf.cast(grad, tf.float32)),
                                     axis=self._fisher_axes(parameter), keepdims=True)
-            value = self.beta * tf.convert_to_tensor(fisher) + tf.reshape(squares, fisher.shape)
+            old = tf.convert_to_tensor(fisher)
+            value = self.ema_decay * old + tf.reshape(squares, fisher.shape)
             if took is not None:
-                value = tf.where(took, value, tf.convert_to_tensor(fisher))
+                value = tf.where(took, value, old)
             out.append((fisher, value))
         return tuple(out)
 
     def get_config(self):
         return {"sigma": radius.config(self.sigma), "include_offsets": self.include_offsets,
-                "adaptive": self.adaptive, "eta": self.eta, "beta": self.beta}
+                "adaptive": self.adaptive, "adaptation": self.adaptation,
+                "ema_decay": self.ema_decay}
 
 
 def _reduced_shape(shape, axes):
     """`shape` with `axes` of size one: one number per slice, broadcastable against it."""
     return tuple(1 if a in axes else d for a, d in enumerate(shape))
+
+
+# Below this norm the examples' gradient counts as zero and the direction is
+# taken at a jittered point instead (the paper's Remark 2).
+_ZERO_NORM = 1e-30
+
+
+@keras.saving.register_keras_serializable(package="keras_flat")
+class ExampleDirection(Perturbation):
+    """SA's point `w + rho·σ·s`: `s` the unit gradient of a few random examples.
+
+    Picks `examples` random examples of the batch, takes the direction `s`
+    of their gradient and a random sign `σ = ±1`, and returns the gradient
+    `h` of the same examples at `w + rho·σ·s` (Ahn, Jadbabaie & Sra,
+    Algorithm 2). When the examples' gradient is zero (exactly at an
+    interpolating minimum) the direction is taken at a point jittered by a
+    random vector of norm `jitter` (the paper's Remark 2: `jitter·z/√d`,
+    `z` uniform on `{−1, +1}^d`), so a zero gradient never yields NaN.
+
+    Args:
+        rho: A finite number >= 0.
+        examples: How many examples define the direction, an integer >= 1.
+        jitter: Norm of the offset used when the examples' gradient is
+            zero; `None` means `0.1 * rho`.
+        center: Subtract the examples' gradient at `w` from `h`.
+        antithetic: Average `h` at `w ± rho·s` instead of one random sign.
+    """
+
+    STREAMS = {"examples": 2, "jitter": 3, "sign": 4}
+
+    def __init__(self, rho, examples=1, jitter=None, center=False, antithetic=False):
+        self.rho = check_number("rho", rho, minimum=0.0)
+        self.examples = check_number("examples", examples, minimum=1, integer=True)
+        self.jitter = None if jitter is None else check_number("jitter", jitter, minimum=0.0)
+        self.center = check_bool("center", center)
+        self.antithetic = check_bool("antithetic", antithetic)
+
+    @property
+    def jitter_radius(self):
+        return 0.1 * self.rho if self.jitter is None else self.jitter
+
+    def prepare(self, ctx, state):
+        # The draw may gather batch sizes across replicas: outside the
+        # schedule's conditional. Everything else runs only on perturbed steps.
+        seed = ctx.seed(self.STREAMS["examples"])
+        return ctx.oracle.sample_subset(self.examples, seed, ctx.sync)
+
+    def gradient(self, ctx, prepared, state):
+        subset = prepared
+        _, example_grads = ctx.gradient(subset=subset)
+        example_grads = list(example_grads)
+
+        def jittered():
+            # A random vertex of the hypercube, ±1 in every coordinate, has norm
+            # sqrt(d) exactly: scaled, its norm is `jitter` with no reduction.
+            signs = vector.rademacher_like(ctx.variables, ctx.seed(self.STREAMS["jitter"]))
+            size = sum(int(v.shape.num_elements()) for v in ctx.variables)
+            offset = vector.scale(signs, self.jitter_radius / size ** 0.5)
+            return list(ctx.gradient(offset=offset, subset=subset)[1])
+
+        # A replica-local condition with no collective inside. The examples
+        # all live on one replica (see GradientOracle.sample_subset), so the
+        # direction needs no communication: other replicas see zero.
+        needs_jitter = tf.logical_and(subset.active, vector.norm(example_grads) <= _ZERO_NORM)
+        direction_grads = tf.cond(needs_jitter, jittered, lambda: example_grads)
+        s, _ = vector.unit(list(direction_grads))
+        if self.antithetic:
+            _, ahead = ctx.gradient(offset=vector.scale(s, self.rho), subset=subset)
+            _, behind = ctx.gradient(offset=vector.scale(s, -self.rho), subset=subset)
+            h = vector.scale(vector.add(ahead, behind), 0.5)
+        else:
+            sign = vector.random_sign(ctx.seed(self.STREAMS["sign"]))
+            _, h = ctx.gradient(offset=vector.scale(s, sign * self.rho), subset=subset)
+        if self.center:  # The examples' gradient at w itself, not at a jittered point.
+            h = vector.add(h, example_grads, -1.0)
+        return list(h)
+
+    def gradient_evaluations(self, batch_size):
+        share = min(self.examples, batch_size) / batch_size
+        return share * (3.0 if self.antithetic else 2.0)
+
+    def label_parts(self):
+        return [f"ρ={self.rho:g}"]
+
+    def variant_options(self):
+        return [o for o in ("center", "antithetic") if getattr(self, o)]
+
+    def get_config(self):
+        return {"rho": self.rho, "examples": self.examples, "jitter": self.jitter,
+                "center": self.center, "antithetic": self.antithetic}

@@ -12,10 +12,9 @@ import keras
 import tensorflow as tf
 
 from keras_flat import vector
-from keras_flat.algorithms.arguments import deprecated
-from keras_flat.algorithms.arguments import renamed_config
-from keras_flat.algorithms.piece import Combiner
+from keras_flat.algorithms.pieces.base import Combiner
 from keras_flat.validation import check_bool
+from keras_flat.validation import check_fraction
 from keras_flat.validation import check_number
 
 
@@ -29,7 +28,7 @@ class Replace(Combiner):
 
 @keras.saving.register_keras_serializable(package="keras_flat")
 class AddOrthogonal(Combiner):
-    """`scale·(g + P⊥h)`: the clean gradient plus the perturbed one's new part.
+    """`perturbed_lr_scale·(g + P⊥h)`: the clean gradient plus the perturbed one's new part.
 
     Ahn, Jadbabaie & Sra's step (Algorithms 1 and 2): `P⊥` removes the
     component along the clean gradient, so the perturbation moves along the
@@ -37,13 +36,17 @@ class AddOrthogonal(Combiner):
 
     Args:
         project: Apply `P⊥` (the paper's rule).
-        scale: η/η′, the perturbed step size relative to the optimizer's
-            learning rate (which plain steps use), a finite number > 0.
+        perturbed_lr_scale: η/η′, the perturbed step size relative to the
+            optimizer's learning rate (which plain steps use), a finite
+            number > 0.
     """
 
-    def __init__(self, project=True, scale=1.0):
+    RENAMED = {"scale": "perturbed_lr_scale"}
+
+    def __init__(self, project=True, perturbed_lr_scale=1.0):
         self.project = check_bool("project", project)
-        self.scale = check_number("perturbed_lr_scale", scale, minimum=0.0, inclusive=False)
+        self.perturbed_lr_scale = check_number("perturbed_lr_scale", perturbed_lr_scale,
+                                               minimum=0.0, inclusive=False)
 
     def perturbed(self, ctx, h, state):
         # `add_projected` needs no unit vector of the clean gradient, and
@@ -52,12 +55,12 @@ class AddOrthogonal(Combiner):
             step = vector.add_projected(ctx.grads, h, ctx.view)
         else:
             step = vector.add(ctx.grads, h)
-        if self.scale != 1.0:
-            step = vector.scale(step, self.scale)
+        if self.perturbed_lr_scale != 1.0:
+            step = vector.scale(step, self.perturbed_lr_scale)
         return step, []
 
     def get_config(self):
-        return {"project": self.project, "scale": self.scale}
+        return {"project": self.project, "perturbed_lr_scale": self.perturbed_lr_scale}
 
 
 @keras.saving.register_keras_serializable(package="keras_flat")
@@ -69,13 +72,14 @@ class Mix(Combiner):
 
     Args:
         perturbed_weight: λ, the weight of the perturbed gradient `h`, in
-            [0, 1]. Defaults to 0.5.
-        alpha: Deprecated: the weight of the clean gradient,
-            `alpha = 1 - perturbed_weight`.
+            [0, 1]. Defaults to 0.5. (The deprecated `alpha` was the clean
+            gradient's weight, `1 - perturbed_weight`.)
     """
 
-    def __init__(self, perturbed_weight=0.5, alpha=None):
-        self.perturbed_weight = perturbed_weight_argument(perturbed_weight, alpha, 0.5)
+    RENAMED = {"alpha": lambda alpha: {"perturbed_weight": 1.0 - check_fraction("alpha", alpha)}}
+
+    def __init__(self, perturbed_weight=0.5):
+        self.perturbed_weight = check_fraction("perturbed_weight", perturbed_weight)
 
     def perturbed(self, ctx, h, state):
         weight = self.perturbed_weight
@@ -84,38 +88,11 @@ class Mix(Combiner):
     def get_config(self):
         return {"perturbed_weight": self.perturbed_weight}
 
-    @classmethod
-    def from_config(cls, config):
-        return cls(**renamed_config(config, LEGACY_MIX))
-
-
-#: How a config saved with the clean gradient's weight `alpha` reads now.
-LEGACY_MIX = {"alpha": lambda alpha: {"perturbed_weight": 1.0 - alpha}}
-
-
-def perturbed_weight_argument(perturbed_weight, alpha, default):
-    """Validates `perturbed_weight`, or translates the deprecated `alpha` into it.
-
-    Raises:
-        ValueError: if both are given, or either is outside [0, 1].
-    """
-    if alpha is None:
-        return check_fraction("perturbed_weight", perturbed_weight)
-    alpha = check_fraction("alpha", alpha)
-    if perturbed_weight != default:
-        raise ValueError(
-            "Arguments `perturbed_weight` and the deprecated `alpha` (= 1 - "
-            "perturbed_weight) were both given; give only `perturbed_weight`. "
-            f"Received: perturbed_weight={perturbed_weight!r}, alpha={alpha!r}."
-        )
-    deprecated("alpha", "perturbed_weight", "the weight of the perturbed gradient, "
-               "perturbed_weight = 1 - alpha")
-    return 1.0 - alpha
 
 
 @keras.saving.register_keras_serializable(package="keras_flat")
 class SurrogateGap(Combiner):
-    """GSAM's update `h - alpha·g⊥` (Zhuang et al., ICLR 2022, arXiv 2203.08065).
+    """GSAM's update `h - gap_weight·g⊥` (Zhuang et al., ICLR 2022, arXiv 2203.08065).
 
     `h` is the gradient at SAM's point and `g⊥ = g - <g, ĥ>ĥ` the part of
     the clean gradient orthogonal to it. Descending `h` lowers the perturbed
@@ -127,11 +104,13 @@ class SurrogateGap(Combiner):
     contributions stay contributions).
 
     Args:
-        alpha: A finite number >= 0; 0 is SAM.
+        gap_weight: The paper's α, a finite number >= 0; 0 is SAM.
     """
 
-    def __init__(self, alpha=0.1):
-        self.alpha = check_number("alpha", alpha, minimum=0.0)
+    RENAMED = {"alpha": "gap_weight"}
+
+    def __init__(self, gap_weight=0.1):
+        self.gap_weight = check_number("gap_weight", gap_weight, minimum=0.0)
 
     def perturbed(self, ctx, h, state):
         return list(h), list(h)
@@ -141,11 +120,12 @@ class SurrogateGap(Combiner):
 
     def finish(self, ctx, update, carry, took, state):
         h_direction, _ = vector.unit(ctx.global_view(carry))
-        gap = vector.add(update, vector.project_out_unit(ctx.grads, h_direction), -self.alpha)
+        gap = vector.add(update, vector.project_out_unit(ctx.grads, h_direction),
+                         -self.gap_weight)
         return _select(took, gap, update), ()
 
     def get_config(self):
-        return {"alpha": self.alpha}
+        return {"gap_weight": self.gap_weight}
 
 
 @keras.saving.register_keras_serializable(package="keras_flat")
@@ -155,7 +135,7 @@ class Reuse(Combiner):
     On a perturbed step (a full SAM step) the update is the perturbed
     gradient `h`, and the unit vector `v̂` of its component orthogonal to the
     clean gradient is stored. On the steps in between the update is
-    `g + alpha·‖g‖·v̂`: the clean gradient plus the stored sharpness
+    `g + reuse_weight·‖g‖·v̂`: the clean gradient plus the stored sharpness
     direction at the current gradient's scale ("Towards Efficient and
     Scalable Sharpness-Aware Minimization", arXiv 2203.02714). Before the
     first SAM step `v̂ = 0`. Its state is one weight-sized vector.
@@ -165,11 +145,13 @@ class Reuse(Combiner):
     conditional on every step (zeros on reuse steps).
 
     Args:
-        alpha: A finite number >= 0.
+        reuse_weight: The paper's α, a finite number >= 0.
     """
 
-    def __init__(self, alpha=0.7):
-        self.alpha = check_number("alpha", alpha, minimum=0.0)
+    RENAMED = {"alpha": "reuse_weight"}
+
+    def __init__(self, reuse_weight=0.7):
+        self.reuse_weight = check_number("reuse_weight", reuse_weight, minimum=0.0)
 
     def init(self, build):
         return build.per_variable(
@@ -184,7 +166,7 @@ class Reuse(Combiner):
         return list(h), vector.project_out(h, ctx.view)
 
     def plain(self, ctx, state):
-        extra = vector.scale(self._stored(state), self.alpha * ctx.grad_norm)
+        extra = vector.scale(self._stored(state), self.reuse_weight * ctx.grad_norm)
         extra = [tf.cast(e, g.dtype) for e, g in zip(extra, ctx.grads)]
         return vector.add(ctx.grads, ctx.contribution(extra)), [tf.zeros_like(g)
                                                                 for g in ctx.grads]
@@ -196,7 +178,7 @@ class Reuse(Combiner):
                              for i, v in enumerate(stored))
 
     def get_config(self):
-        return {"alpha": self.alpha}
+        return {"reuse_weight": self.reuse_weight}
 
 
 def _select(took, a, b):
@@ -204,11 +186,3 @@ def _select(took, a, b):
     if took is None:
         return list(a)
     return [tf.where(took, tf.cast(x, y.dtype), y) for x, y in zip(a, b)]
-
-
-def check_fraction(name, value):
-    """Validates a number in [0, 1]."""
-    value = check_number(name, value, minimum=0.0)
-    if value > 1.0:
-        raise ValueError(f"Argument `{name}` must be <= 1. Received: {name}={value!r}.")
-    return value

@@ -4,7 +4,9 @@ import keras
 import tensorflow as tf
 
 from keras_flat import vector
+from keras_flat.algorithms import registry
 from keras_flat.algorithms.base import Algorithm
+from keras_flat.algorithms.base import Step
 
 
 @keras.saving.register_keras_serializable(package="keras_flat")
@@ -34,4 +36,7 @@ class NoPerturbation(Algorithm):
 
     def compute_update(self, oracle, grads):
         view = oracle.global_view(list(grads), self.perturbation_sync)
-        return list(grads), vector.norm(view), tf.constant(0.0)
+        return Step(list(grads), vector.norm(view), tf.constant(0.0))
+
+
+registry.register("none", NoPerturbation, "plain SGD", aliases=("plain", "no_perturbation"))

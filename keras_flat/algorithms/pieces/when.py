@@ -8,13 +8,12 @@ perturbed branch run collectives inside its conditional.
 """
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-from keras_flat.algorithms.arguments import deprecated
-from keras_flat.algorithms.arguments import renamed_config
-from keras_flat.algorithms.piece import Schedule
-from keras_flat.algorithms.piece import deserialize
-from keras_flat.algorithms.piece import serialize
+from keras_flat.algorithms.pieces.base import Schedule
+from keras_flat.algorithms.pieces.base import deserialize
+from keras_flat.algorithms.pieces.base import serialize
 from keras_flat.validation import check_number
 
 
@@ -42,6 +41,12 @@ class Every(Schedule):
         if self.interval == 1:
             return None
         return tf.equal(tf.math.floormod(ctx.step, self.interval), 0)
+
+    def expected_fraction(self):
+        return 1.0 / self.interval
+
+    def label_parts(self):
+        return [f"interval={self.interval}"] if self.interval > 1 else []
 
     def get_config(self):
         return {"interval": self.interval}
@@ -98,6 +103,12 @@ class StartingAt(Schedule):
             return ctx.progress >= tf.cast(self.start, ctx.progress.dtype)
         return ctx.step >= tf.cast(self.start, ctx.step.dtype)
 
+    def expected_fraction(self):
+        return 1.0 - self.start if isinstance(self.start, float) else 1.0
+
+    def label_parts(self):
+        return [f"start={self.start:g}"]
+
     def get_config(self):
         return {"start": self.start}
 
@@ -121,25 +132,27 @@ class AdaptiveTrigger(Schedule):
     `GradNormAtMost` (the paper of Ahn et al. perturbs near minima).
 
     Args:
-        decay: The moving averages' forgetting factor δ in (0, 1).
+        ema_decay: The moving averages' forgetting factor δ in (0, 1).
             Defaults to 0.9.
         threshold_start: `c` at the first step of `fit`, a finite number.
             Defaults to 1.0 (the paper's λ2).
         threshold_end: `c` at the last planned step, a finite number.
             Defaults to -1.0 (the paper's λ1). Equal to `threshold_start`,
-            `c` is constant and needs no plan.
-        thresholds: Deprecated: `(threshold_start, threshold_end)`, or one
-            number for both. A config saved with it loads with the same
-            schedule.
+            `c` is constant and needs no plan. (The deprecated `thresholds`
+            was the pair `(threshold_start, threshold_end)`, or one number
+            for both.)
     """
 
-    def __init__(self, decay=0.9, threshold_start=1.0, threshold_end=-1.0, thresholds=None):
-        decay = check_number("decay", decay, minimum=0.0, inclusive=False)
-        if decay >= 1.0:
-            raise ValueError(f"Argument `decay` must be < 1. Received: decay={decay!r}.")
-        self.decay = decay
-        self.threshold_start, self.threshold_end = threshold_arguments(
-            threshold_start, threshold_end, thresholds)
+    RENAMED = {"decay": "ema_decay", "thresholds": lambda value: _thresholds(value)}
+
+    def __init__(self, ema_decay=0.9, threshold_start=1.0, threshold_end=-1.0):
+        ema_decay = check_number("ema_decay", ema_decay, minimum=0.0, inclusive=False)
+        if ema_decay >= 1.0:
+            raise ValueError(
+                f"Argument `ema_decay` must be < 1. Received: ema_decay={ema_decay!r}.")
+        self.ema_decay = ema_decay
+        self.threshold_start = check_number("threshold_start", threshold_start)
+        self.threshold_end = check_number("threshold_end", threshold_end)
 
     @property
     def needs_plan(self):
@@ -153,10 +166,10 @@ class AdaptiveTrigger(Schedule):
     def _statistics(self, ctx, state):
         s = tf.cast(tf.square(ctx.grad_norm), tf.float32)
         first = tf.equal(state["count"], 0.0)
-        mean = tf.where(first, s, self.decay * state["mean"] + (1 - self.decay) * s)
+        decay = self.ema_decay
+        mean = tf.where(first, s, decay * state["mean"] + (1 - decay) * s)
         variance = tf.where(
-            first, 0.0,
-            self.decay * state["variance"] + (1 - self.decay) * tf.square(s - mean))
+            first, 0.0, decay * state["variance"] + (1 - decay) * tf.square(s - mean))
         return s, mean, variance
 
     def threshold(self, ctx):
@@ -176,17 +189,16 @@ class AdaptiveTrigger(Schedule):
         return ((state["mean"], mean), (state["variance"], variance),
                 (state["count"], state["count"] + 1.0))
 
+    def expected_fraction(self):
+        return 0.5  # A guess: the trigger compares the norm with its running mean.
+
     def get_config(self):
-        return {"decay": self.decay, "threshold_start": self.threshold_start,
+        return {"ema_decay": self.ema_decay, "threshold_start": self.threshold_start,
                 "threshold_end": self.threshold_end}
 
-    @classmethod
-    def from_config(cls, config):
-        return cls(**renamed_config(config, LEGACY_THRESHOLDS))
 
-
-def _legacy_thresholds(thresholds):
-    """The `threshold_start`/`threshold_end` of a saved `thresholds` (a pair is (start, end))."""
+def _thresholds(thresholds):
+    """The `threshold_start`/`threshold_end` of the deprecated `thresholds` (a pair or one)."""
     if isinstance(thresholds, (list, tuple)):
         if len(thresholds) != 2:
             raise ValueError(
@@ -199,31 +211,6 @@ def _legacy_thresholds(thresholds):
     return {"threshold_start": check_number("thresholds", start),
             "threshold_end": check_number("thresholds", end)}
 
-
-#: How a config saved with `thresholds` reads now: the same schedule.
-LEGACY_THRESHOLDS = {"thresholds": _legacy_thresholds}
-
-
-def threshold_arguments(threshold_start, threshold_end, thresholds, defaults=(1.0, -1.0)):
-    """Validates `(threshold_start, threshold_end)`, or translates the deprecated `thresholds`.
-
-    Raises:
-        ValueError: if `thresholds` is given with either new argument.
-    """
-    if thresholds is None:
-        return (check_number("threshold_start", threshold_start),
-                check_number("threshold_end", threshold_end))
-    if (threshold_start, threshold_end) != defaults:
-        raise ValueError(
-            "Arguments `threshold_start`/`threshold_end` and the deprecated `thresholds` "
-            "were both given; give only `threshold_start` and `threshold_end`. Received: "
-            f"threshold_start={threshold_start!r}, threshold_end={threshold_end!r}, "
-            f"thresholds={thresholds!r}."
-        )
-    translated = _legacy_thresholds(thresholds)
-    deprecated("thresholds", "threshold_start` and `threshold_end",
-               "a pair is read as (threshold_start, threshold_end)")
-    return translated["threshold_start"], translated["threshold_end"]
 
 
 @keras.saving.register_keras_serializable(package="keras_flat")
@@ -266,6 +253,12 @@ class AllOf(Schedule):
             out += tuple(schedule.assignments(ctx, self._state(state, i)))
         return out
 
+    def expected_fraction(self):
+        return float(np.prod([s.expected_fraction() for s in self.schedules]))
+
+    def label_parts(self):
+        return [part for s in self.schedules for part in s.label_parts()]
+
     def get_config(self):
         return {"schedules": [serialize(s) for s in self.schedules]}
 
@@ -288,9 +281,9 @@ def schedule(interval=1, tolerance=None, start=None):
     return parts[0] if len(parts) == 1 else AllOf(parts)
 
 
-def check_interval(interval, name="interval"):
+def check_interval(interval):
     """Validates an `interval` argument: an integer >= 1."""
-    return check_number(name, interval, minimum=1, integer=True)
+    return check_number("interval", interval, minimum=1, integer=True)
 
 
 def check_start(start):

@@ -2,6 +2,8 @@
 
 import keras
 
+from keras_flat.algorithms import arguments
+
 
 class Piece:
     """One part of an update rule: when it perturbs, where, or how it combines.
@@ -16,9 +18,19 @@ class Piece:
             `{name: number}`. The number is folded into the step's seed, so
             each stream is independent of every other one; numbers must be
             unique within an algorithm (`Composite` checks).
+        RENAMED: Deprecated arguments, `{old: new_name}` or `{old:
+            function(old_value) -> {new_name: value}}`: accepted with a
+            `DeprecationWarning`, and read silently from saved configs
+            (see `keras_flat.algorithms.arguments.translate`).
     """
 
     STREAMS = {}
+    RENAMED = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = arguments.checked_init(cls.__dict__["__init__"])
 
     def init(self, build):
         """Creates this piece's state; returns `{name: variable}` (default: none).
@@ -33,7 +45,18 @@ class Piece:
 
     @classmethod
     def from_config(cls, config):
-        return cls(**config)
+        return cls(**arguments.translate(cls, config, warn=False))
+
+    def label_parts(self):
+        """What a table label shows of this piece's arguments, e.g. `["ρ=0.05"]`."""
+        return []
+
+    def variant_options(self):
+        """Options that depart from the published rule, e.g. `["antithetic"]`.
+
+        A rule's label then names them instead of the rule's citation.
+        """
+        return []
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
@@ -55,6 +78,10 @@ class Schedule(Piece):
     def due(self, ctx, state):
         """`None` for "always", else a scalar bool tensor, equal on every replica."""
         return None
+
+    def expected_fraction(self):
+        """The fraction of steps expected to perturb (for cost estimates)."""
+        return 1.0
 
     def assignments(self, ctx, state):
         """`(variable, value)` pairs that update this schedule's state."""
@@ -80,6 +107,10 @@ class Perturbation(Piece):
     def gradient(self, ctx, prepared, state):
         """The gradient `h` at the perturbed point (a list of tensors)."""
         raise NotImplementedError(f"{type(self).__name__} must implement gradient().")
+
+    def gradient_evaluations(self, batch_size):
+        """Batch-gradient evaluations `gradient` costs, in batch-sized units."""
+        return 1.0
 
     def assignments(self, ctx, state):
         """`(variable, value)` pairs updating this piece's state, every step."""

@@ -1,0 +1,1 @@
+"""Independent references the tests compare the package against."""
