@@ -61,36 +61,17 @@ CONFIGS = {
 QUICK = ("plain SGD", "SA (Alg. 2)", "SA, interval=4", "SAM, interval=4", "LookSAM, interval=5")
 
 
-def nominal_cost(algorithm, batch=BATCH):
-    """Batch-gradient evaluations per step, before any schedule."""
+def cost(algorithm, perturbed_fraction=None, batch=BATCH):
+    """Batch-gradient evaluations per step, from the rule's own pieces.
+
+    Args:
+        algorithm: An algorithm, or None for plain Keras.
+        perturbed_fraction: The measured fraction of perturbed steps; None
+            uses the schedule's expectation (AE-SAM's trigger: a guess of 1/2).
+    """
     if algorithm is None or not algorithm.perturbs:
         return 1.0
-    if isinstance(algorithm, algorithms.SharpnessAware):
-        share = algorithm.examples / batch
-        return 1.0 + share * (3.0 if algorithm.antithetic else 2.0)
-    if isinstance(algorithm, algorithms.RandomSmoothing) and algorithm.antithetic:
-        return 3.0
-    return 2.0
-
-
-def scheduled_cost(algorithm, perturbed_fraction):
-    """Cost per step given the measured fraction of perturbed steps."""
-    if isinstance(algorithm, algorithms.LookSAM):
-        return 1.0 + perturbed_fraction  # Reuse steps cost one gradient.
-    return 1.0 + (nominal_cost(algorithm) - 1.0) * perturbed_fraction
-
-
-def expected_fraction(algorithm):
-    """The fraction of perturbed steps a schedule promises (AE-SAM: a guess of 1/2)."""
-    if algorithm is None or not algorithm.perturbs:
-        return 0.0
-    if isinstance(algorithm, algorithms.AESAM):
-        return 0.5
-    fraction = 1.0 / getattr(algorithm, "k", getattr(algorithm, "interval", 1))
-    start = getattr(algorithm, "start", None)
-    if isinstance(start, float):
-        fraction *= 1.0 - start
-    return fraction
+    return algorithm.gradient_evaluations(batch, perturbed_fraction)
 
 
 def load_escape():
@@ -127,14 +108,13 @@ def run(escape, name, weights, data, y_train, y_test, probe, budget, seed, lr):
     model = keras_flat.FlatMinimaModel(inner, algorithm, seed=seed)
     model.compile(optimizer=keras.optimizers.SGD(lr), loss="mse",
                   metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
-    cost = 1.0 + (nominal_cost(algorithm) - 1.0) * expected_fraction(algorithm)
-    epochs = max(1, int(round(budget / cost)))
+    epochs = max(1, int(round(budget / cost(algorithm))))
     history = model.fit(data.x_train, y_train, batch_size=BATCH, epochs=epochs,
                         verbose=0).history
     fraction = float(np.mean(history["perturbed"]))
     test = model.evaluate(data.x_test, y_test, verbose=0, return_dict=True)["accuracy"]
     return {"trace": trace_of(model, probe), "test": test, "fraction": fraction,
-            "epochs": epochs, "evaluations": epochs * scheduled_cost(algorithm, fraction)}
+            "epochs": epochs, "evaluations": epochs * cost(algorithm, fraction)}
 
 
 def step_times(escape, names, weights, x, y, steps, repeats):
