@@ -22,7 +22,7 @@ Tasks (`--tasks`; the settings are printed with the report):
   32 tokens from a vocabulary of 24; the label is which of the tokens 1 to
   5 occurs first (5 classes). 1,000 training and 2,000 held-out sequences,
   Adam(1e-3), 30 epochs.
-- `mnist1d_cnn`: MNIST-1D (`keras_flat.datasets.mnist1d`), the 28k CNN of
+- `mnist1d_cnn`: MNIST-1D (`keras_flat.app.datasets.mnist1d`), the 28k CNN of
   `examples/mnist1d_benchmark.py` with its from-scratch settings: squared
   loss on one-hot labels, SGD(0.1, momentum 0.9), batch 32, 30 epochs.
 - `escape`: `benchmarks.efficiency`'s run from the sharp, badly
@@ -77,8 +77,8 @@ import keras_flat  # noqa: E402
 from benchmarks import common  # noqa: E402
 from benchmarks import efficiency  # noqa: E402
 from keras_flat import algorithms  # noqa: E402
-from keras_flat import datasets  # noqa: E402
 from keras_flat import hessian  # noqa: E402
+from keras_flat.app import datasets  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

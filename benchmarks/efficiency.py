@@ -32,8 +32,8 @@ import numpy as np  # noqa: E402
 import keras_flat  # noqa: E402
 from benchmarks import common
 from keras_flat import algorithms
-from keras_flat import datasets
 from keras_flat import hessian
+from keras_flat.app import datasets
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

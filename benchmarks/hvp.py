@@ -23,7 +23,7 @@ import tensorflow as tf  # noqa: E402
 
 from benchmarks import common
 from keras_flat import hessian  # noqa: E402
-from keras_flat import vector  # noqa: E402
+from keras_flat.utils import vector  # noqa: E402
 
 
 def _timed(fn, *args):

@@ -1,6 +1,6 @@
 """Cost of a 2D loss-landscape surface against forward passes and a hand-written loop.
 
-On the demo's MLP (`keras_flat.demo.build_mlp`: 64-64-10, tanh, 4,810
+On the demo's MLP (`keras_flat.app.demo.build_mlp`: 64-64-10, tanh, 4,810
 parameters; squared loss on one-hot digits) over 512 training examples of
 scikit-learn's digits, measures in one run, interleaved, median over repeats:
 
@@ -28,9 +28,9 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks import common
-from keras_flat import datasets
-from keras_flat import demo
 from keras_flat import landscape
+from keras_flat.app import datasets
+from keras_flat.app import demo
 
 RESOLUTION = 21
 EXAMPLES = 512

@@ -1,4 +1,4 @@
-"""How far `keras_flat.rng` agrees with itself with and without XLA.
+"""How far `keras_flat.utils.rng` agrees with itself with and without XLA.
 
 For each function of the generator (bits, uniform, rademacher, fold_in,
 normal) and several seeds, draws the same values eagerly, in a
@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks import common
-from keras_flat import rng
+from keras_flat.utils import rng
 
 
 def _draw(name, size):
@@ -91,8 +91,9 @@ def main(argv=None):
         for key, value in row.items():
             if isinstance(value, int):
                 row[key] = f"{value:,}"
-    common.print_table(f"keras_flat.rng with and without XLA ({seeds} seeds × {size:,} values)",
-                       rows, list(rows[0]))
+    common.print_table(
+        f"keras_flat.utils.rng with and without XLA ({seeds} seeds × {size:,} values)",
+        rows, list(rows[0]))
 
 if __name__ == "__main__":
     main()

@@ -17,8 +17,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from keras_flat import cli  # noqa: E402
-from keras_flat import demo  # noqa: E402
+from keras_flat.app import cli  # noqa: E402
+from keras_flat.app import demo  # noqa: E402
 
 import common  # noqa: E402
 

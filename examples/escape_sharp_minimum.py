@@ -46,7 +46,7 @@ import numpy as np  # noqa: E402
 
 import keras_flat  # noqa: E402
 from keras_flat import callbacks  # noqa: E402
-from keras_flat import datasets  # noqa: E402
+from keras_flat.app import datasets  # noqa: E402
 
 import common  # noqa: E402
 

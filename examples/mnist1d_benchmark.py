@@ -1,7 +1,7 @@
 """MNIST-1D: the published baselines, then the paper's question on a benchmark with a table.
 
 MNIST-1D (Greydanus & Kobak, arXiv 2011.14439) has 4,000 training and 1,000
-test sequences of length 40, generated offline by `keras_flat.datasets.mnist1d`
+test sequences of length 40, generated offline by `keras_flat.app.datasets.mnist1d`
 with the published arguments. Its published table: logistic regression 32%,
 MLP 68%, CNN 94%, GRU 91% test accuracy.
 
@@ -51,7 +51,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_flat  # noqa: E402
-from keras_flat import datasets  # noqa: E402
+from keras_flat.app import datasets  # noqa: E402
 
 import common  # noqa: E402
 

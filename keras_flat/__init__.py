@@ -14,7 +14,7 @@ Registered rules (`keras_flat.algorithms.names()`):
 {registered_rules}
 """
 
-from keras_flat import compatibility
+from keras_flat.utils import compatibility
 
 # Before anything else, so an old TensorFlow or Keras gets a clear error rather
 # than a failure deep inside the first module that uses a newer API.
@@ -22,12 +22,9 @@ compatibility.check_installed()
 
 from keras_flat import algorithms  # noqa: E402
 from keras_flat import callbacks  # noqa: E402
-from keras_flat import datasets  # noqa: E402
 from keras_flat import hessian  # noqa: E402
 from keras_flat import landscape  # noqa: E402
-from keras_flat import rng  # noqa: E402
-from keras_flat import vector  # noqa: E402
-from keras_flat.model import FlatMinimaModel  # noqa: E402
+from keras_flat.training.model import FlatMinimaModel  # noqa: E402
 
 __doc__ = algorithms.registry.fill_docstring(__doc__)
 
@@ -37,10 +34,25 @@ __all__ = [
     "FlatMinimaModel",
     "algorithms",
     "callbacks",
-    "datasets",
     "hessian",
     "landscape",
-    "rng",
-    "vector",
     "__version__",
 ]
+
+# Modules that were public before this release, readable for one more release.
+_MOVED = {"rng": "keras_flat.utils.rng", "vector": "keras_flat.utils.vector",
+          "datasets": "keras_flat.app.datasets"}
+
+
+def __getattr__(name):
+    if name in _MOVED:
+        import importlib
+        import warnings
+
+        warnings.warn(
+            f"`keras_flat.{name}` is internal now and will be removed from the package's "
+            f"top level in the next release; import `{_MOVED[name]}` instead.",
+            DeprecationWarning, stacklevel=2,
+        )
+        return importlib.import_module(_MOVED[name])
+    raise AttributeError(f"module 'keras_flat' has no attribute {name!r}")

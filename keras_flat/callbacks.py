@@ -34,14 +34,14 @@ import numpy as np
 import tensorflow as tf
 
 from keras_flat import hessian
-from keras_flat import summaries
-from keras_flat.batches import as_batches
 from keras_flat.hessian import losses
 from keras_flat.hessian.eigen import EIGEN_METHODS
 from keras_flat.hessian.operator import HVP_METHODS
 from keras_flat.hessian.trace import TRACE_METHODS
-from keras_flat.validation import check_choice
-from keras_flat.validation import check_count
+from keras_flat.utils import summaries
+from keras_flat.utils.batches import as_batches
+from keras_flat.utils.validation import check_choice
+from keras_flat.utils.validation import check_count
 
 
 class _HessianCallback(keras.callbacks.Callback, abc.ABC):

@@ -12,7 +12,6 @@ import zipfile
 import keras
 import numpy as np
 import pytest
-from reference import arguments as rule_arguments
 
 import keras_flat
 from keras_flat import algorithms
@@ -23,6 +22,7 @@ from keras_flat.algorithms.pieces import where
 
 from helpers import mlp
 from helpers import regression_data
+from reference import arguments as rule_arguments
 
 NAMES = algorithms.names()
 

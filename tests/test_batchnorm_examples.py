@@ -12,9 +12,9 @@ import tensorflow as tf
 
 import keras_flat
 from keras_flat import algorithms
-from keras_flat import model as model_module
-from keras_flat.oracle import GradientOracle
-from keras_flat.oracle import has_batch_statistics
+from keras_flat.training import model as model_module
+from keras_flat.training.oracle import GradientOracle
+from keras_flat.training.oracle import has_batch_statistics
 
 from helpers import flat_norm
 from helpers import mlp

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from keras_flat import compatibility
+from keras_flat.utils import compatibility
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

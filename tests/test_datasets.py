@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from keras_flat import datasets
+from keras_flat.app import datasets
 
 # Fingerprints of the published file mnist1d_data.pkl (github.com/greydanus/mnist1d),
 # read from that file, not from this package.

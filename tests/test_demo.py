@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from keras_flat import cli
-from keras_flat import datasets
+from keras_flat.app import cli
+from keras_flat.app import datasets
 
 
 def test_digits_loads_offline_with_a_stratified_split():
@@ -76,7 +76,7 @@ def test_demo_runs_end_to_end_and_shows_the_flattening(tmp_path, capsys):
 
 
 def test_demo_help_explains_every_option():
-    result = subprocess.run([sys.executable, "-m", "keras_flat.cli", "demo", "--help"],
+    result = subprocess.run([sys.executable, "-m", "keras_flat.app.cli", "demo", "--help"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
     for option in ("--dataset", "--algorithms", "--epochs", "--batch-size", "--learning-rate",
@@ -84,6 +84,6 @@ def test_demo_help_explains_every_option():
                    "--sa-paper-rule", "--probes", "--probe-examples", "--output-dir",
                    "--no-plot", "--quiet", "--seed"):
         assert option in result.stdout
-    bad = subprocess.run([sys.executable, "-m", "keras_flat.cli", "demo", "--epochs", "0"],
+    bad = subprocess.run([sys.executable, "-m", "keras_flat.app.cli", "demo", "--epochs", "0"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--epochs" in bad.stderr

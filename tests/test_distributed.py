@@ -9,7 +9,7 @@ import keras_flat
 from keras_flat import algorithms
 from keras_flat import hessian
 from keras_flat.algorithms.pieces.where import SphereSample
-from keras_flat.oracle import GradientOracle
+from keras_flat.training.oracle import GradientOracle
 
 from conftest import NUM_LOGICAL_CPUS
 from helpers import flat_norm

@@ -13,10 +13,11 @@ import os
 import keras
 import numpy as np
 import pytest
-from reference import arguments as rule_arguments
 
 import keras_flat
 from keras_flat.algorithms import registry
+
+from reference import arguments as rule_arguments
 
 NAMES = keras_flat.algorithms.names()
 # The rules with per-variable state (LookSAM's direction, ARWP's sums, AE-SAM's

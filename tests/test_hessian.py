@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from keras_flat import hessian
-from keras_flat import vector
+from keras_flat.utils import vector
 
 import zoo
 from helpers import NumpyMLP

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import keras_flat
-from keras_flat import internals
-from keras_flat import structure
+from keras_flat.utils import internals
+from keras_flat.utils import structure
 
 from helpers import NumpyMLP
 from helpers import mlp

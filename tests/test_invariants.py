@@ -12,7 +12,6 @@ import os
 import keras
 import numpy as np
 import pytest
-from reference import arguments as rule_arguments
 
 import keras_flat
 from keras_flat import algorithms
@@ -21,6 +20,7 @@ from keras_flat.algorithms import registry
 from helpers import mirrored_strategy
 from helpers import mlp
 from helpers import regression_data
+from reference import arguments as rule_arguments
 
 NAMES = algorithms.names()
 PERTURBING = [n for n in NAMES if registry.entry(n).cls.perturbs]

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_flat import cli
+from keras_flat.app import cli
 
 from helpers import mlp
 from helpers import regression_data

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
-from keras_flat import vector
+from keras_flat.utils import vector
 
 DTYPES = {"float16": tf.float16, "bfloat16": tf.bfloat16, "float32": tf.float32}
 # Largest magnitude whose square sums stay meaningful for each dtype's range.

@@ -13,8 +13,8 @@ import tensorflow as tf
 
 import keras_flat
 from keras_flat import algorithms
-from keras_flat import rng
 from keras_flat.algorithms.pieces import radius
+from keras_flat.utils import rng
 
 from helpers import NumpyMLP
 from helpers import flat_norm

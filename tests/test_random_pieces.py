@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_flat import rng
-from keras_flat import vector
+from keras_flat.utils import rng
+from keras_flat.utils import vector
 
 SEED = tf.constant([7, 3], tf.int64)
 # Pieces straddling the cosine/sine boundary, the flat draw's scalar tail,

@@ -11,7 +11,7 @@ import re
 import keras
 import numpy as np
 
-from keras_flat import datasets
+from keras_flat.app import datasets
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 WRAPPER_LINE = re.compile(r"^model = keras_flat\.FlatMinimaModel\(.*$", re.MULTILINE)

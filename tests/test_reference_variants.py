@@ -2,7 +2,7 @@
 
 Each expected step is assembled by hand from the float64 NumPy gradient of
 `helpers.NumpyMLP`; random draws are reproduced from the documented streams
-of `keras_flat.rng` (whose own law is tested in tests/test_rng.py).
+of `keras_flat.utils.rng` (whose own law is tested in tests/test_rng.py).
 """
 
 import keras
@@ -12,7 +12,7 @@ import tensorflow as tf
 
 import keras_flat
 from keras_flat import algorithms
-from keras_flat import rng
+from keras_flat.utils import rng
 
 from helpers import NumpyMLP
 from helpers import flat_dot

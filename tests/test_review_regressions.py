@@ -8,7 +8,7 @@ import tensorflow as tf
 
 import keras_flat
 from keras_flat import hessian
-from keras_flat.oracle import GradientOracle
+from keras_flat.training.oracle import GradientOracle
 
 from helpers import mlp
 from helpers import regression_data

@@ -1,4 +1,4 @@
-"""The counter-based generator of keras_flat.rng, against an independent NumPy version.
+"""The counter-based generator of keras_flat.utils.rng, against an independent NumPy version.
 
 What is asserted is what docs and docstrings claim: the raw bits, and the
 uniforms, signs and folded seeds built from them, are bit-identical eagerly,
@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 from scipy import stats
 
-from keras_flat import rng
+from keras_flat.utils import rng
 
 # --- An independent NumPy version of the generator, written from its definition:
 # a counter hashed by three rounds of MurmurHash3's 32-bit finaliser.

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_flat import vector
+from keras_flat.utils import vector
 
 
 def _vec(seed, shapes=((3, 4), (4,), (2, 2, 2)), dtype="float32", scale=1.0):

@@ -41,7 +41,7 @@ from keras_flat.algorithms.rules.rwp import RWP
 from keras_flat.algorithms.rules.sam import ASAM
 from keras_flat.algorithms.rules.sam import SAM
 from keras_flat.algorithms.rules.sam import FriendlySAM
-from keras_flat.oracle import GradientOracle
+from keras_flat.training.oracle import GradientOracle
 
 __doc__ = registry.fill_docstring(__doc__)
 

@@ -8,7 +8,7 @@ import keras
 from keras_flat.algorithms import config_name
 from keras_flat.algorithms.arguments import checked_init
 from keras_flat.algorithms.arguments import translate
-from keras_flat.validation import check_choice
+from keras_flat.utils.validation import check_choice
 
 PERTURBATION_SYNC_MODES = ("global", "replica")
 

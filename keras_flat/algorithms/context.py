@@ -2,8 +2,8 @@
 
 import tensorflow as tf
 
-from keras_flat import structure
-from keras_flat import vector
+from keras_flat.utils import structure
+from keras_flat.utils import vector
 
 
 class StepContext:
@@ -77,7 +77,7 @@ class StepContext:
         return self.oracle.num_replicas
 
     def parameters(self):
-        """`[keras_flat.structure.Parameter]` of the trainable variables, in order."""
+        """`[keras_flat.utils.structure.Parameter]` of the trainable variables, in order."""
         if self._parameters is None:
             table = structure.parameters_by_id(self.oracle.model)
             self._parameters = [table[id(v)] for v in self.trainable_variables]

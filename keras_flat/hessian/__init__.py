@@ -34,7 +34,6 @@ data (its batches are taken from `data` once).
 import numpy as np
 import tensorflow as tf
 
-from keras_flat import vector
 from keras_flat.hessian import diagnose
 from keras_flat.hessian.density import SpectralDensity
 from keras_flat.hessian.density import smooth
@@ -54,9 +53,10 @@ from keras_flat.hessian.trace import BlockTraces
 from keras_flat.hessian.trace import TraceEstimate
 from keras_flat.hessian.trace import hutch_plus_plus
 from keras_flat.hessian.trace import hutchinson
-from keras_flat.validation import check_bool
-from keras_flat.validation import check_choice
-from keras_flat.validation import check_count
+from keras_flat.utils import vector
+from keras_flat.utils.validation import check_bool
+from keras_flat.utils.validation import check_choice
+from keras_flat.utils.validation import check_count
 
 _OPERATOR_ARGS = ("loss", "training", "method", "batch_size", "num_batches", "jit_compile")
 
@@ -85,7 +85,7 @@ def hvp(model, data, vectors, *, loss=None, training=False, method="auto",
     Args:
         model: A built Keras model (or a `HessianOperator`, with `data=None`).
         data: A batch `(x, y[, sample_weight])`, a batched `tf.data.Dataset`
-            or a list of batches; see `keras_flat.batches.as_batches`.
+            or a list of batches; see `keras_flat.utils.batches.as_batches`.
         vectors: A list of tensors shaped like `model.trainable_variables`,
             or one flat vector of their total size.
         loss: The loss for an uncompiled model (or instead of the compiled

@@ -17,10 +17,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_flat import vector
 from keras_flat.hessian import diagnose
 from keras_flat.hessian import exact
 from keras_flat.hessian import losses
+from keras_flat.utils import vector
 
 HVP_METHODS = ("forward_over_backward", "double_backward")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

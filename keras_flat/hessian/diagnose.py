@@ -14,7 +14,7 @@ import re
 
 import tensorflow as tf
 
-from keras_flat import internals
+from keras_flat.utils import internals
 
 # Operations declared constant in their inputs: a path through them is not a
 # dependency (a user's stop_gradient is meant to give zero).

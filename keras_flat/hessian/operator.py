@@ -4,9 +4,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_flat import vector
-from keras_flat.batches import as_batches
-from keras_flat.batches import batch_size_of
 from keras_flat.hessian import cache
 from keras_flat.hessian import exact
 from keras_flat.hessian import losses
@@ -15,7 +12,10 @@ from keras_flat.hessian.compiled import CompiledHessian
 from keras_flat.hessian.compiled import dense_gradients
 from keras_flat.hessian.compiled import in_replica
 from keras_flat.hessian.compiled import list_hvp
-from keras_flat.validation import check_choice
+from keras_flat.utils import vector
+from keras_flat.utils.batches import as_batches
+from keras_flat.utils.batches import batch_size_of
+from keras_flat.utils.validation import check_choice
 
 __all__ = ["HVP_METHODS", "HessianOperator", "check_model", "dense_gradients", "in_replica"]
 
@@ -51,7 +51,7 @@ class HessianOperator:
 
     Args:
         model: A built Keras model.
-        data: The measurement data; see `keras_flat.batches.as_batches`.
+        data: The measurement data; see `keras_flat.utils.batches.as_batches`.
         loss: The loss, required when the model is not compiled with one
             (and used instead of the compiled one otherwise): anything
             `model.compile` accepts, i.e. a name such as `"mse"`, a

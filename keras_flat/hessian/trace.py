@@ -6,8 +6,8 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from keras_flat import rng
-from keras_flat import vector
+from keras_flat.utils import rng
+from keras_flat.utils import vector
 
 TRACE_METHODS = ("hutchinson", "hutch++")
 

@@ -4,7 +4,7 @@ import numpy as np
 
 from keras_flat import hessian
 from keras_flat.landscape.directions import Directions
-from keras_flat.validation import check_count
+from keras_flat.utils.validation import check_count
 
 
 def eigen_directions(model, data=None, k=2, **kwargs):

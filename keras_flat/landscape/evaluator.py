@@ -36,7 +36,7 @@ class Evaluator:
 
     Args:
         model: A built Keras model, compiled with a loss (or pass `loss`).
-        data: The data (see `keras_flat.batches.as_batches`).
+        data: The data (see `keras_flat.utils.batches.as_batches`).
         loss: The loss for an uncompiled model: a name such as `"mse"`, a
             `keras.losses.Loss` or a callable (see
             `keras_flat.hessian.HessianOperator`).

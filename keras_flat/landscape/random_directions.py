@@ -5,9 +5,9 @@ import numpy as np
 from keras_flat.hessian.operator import check_model
 from keras_flat.landscape.directions import Directions
 from keras_flat.landscape.filters import describe_parameters
-from keras_flat.validation import check_bool
-from keras_flat.validation import check_choice
-from keras_flat.validation import check_count
+from keras_flat.utils.validation import check_bool
+from keras_flat.utils.validation import check_choice
+from keras_flat.utils.validation import check_count
 
 NORMALIZATIONS = ("filter", "variable", "model", None)
 

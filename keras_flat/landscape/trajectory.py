@@ -10,9 +10,9 @@ from keras_flat.landscape.evaluator import evaluator_for
 from keras_flat.landscape.surface import Surface2D
 from keras_flat.landscape.surface import surface_2d
 from keras_flat.landscape.table import write_csv
-from keras_flat.validation import check_bool
-from keras_flat.validation import check_count
-from keras_flat.validation import check_number
+from keras_flat.utils.validation import check_bool
+from keras_flat.utils.validation import check_count
+from keras_flat.utils.validation import check_number
 
 
 class TrajectoryRecorder(keras.callbacks.Callback):

@@ -194,7 +194,7 @@ class BuildContext:
 
     Attributes:
         variables: The trainable variables the optimizer updates.
-        parameters: Their `keras_flat.structure.Parameter`s, in order.
+        parameters: Their `keras_flat.utils.structure.Parameter`s, in order.
     """
 
     def __init__(self, variables, parameters, make_variable, prefix=""):

@@ -11,11 +11,11 @@ convention (this replica's contribution).
 import keras
 import tensorflow as tf
 
-from keras_flat import vector
 from keras_flat.algorithms.pieces.base import Combiner
-from keras_flat.validation import check_bool
-from keras_flat.validation import check_fraction
-from keras_flat.validation import check_number
+from keras_flat.utils import vector
+from keras_flat.utils.validation import check_bool
+from keras_flat.utils.validation import check_fraction
+from keras_flat.utils.validation import check_number
 
 
 @keras.saving.register_keras_serializable(package="keras_flat")

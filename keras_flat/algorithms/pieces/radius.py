@@ -30,7 +30,7 @@ import numbers
 import keras
 import tensorflow as tf
 
-from keras_flat.validation import check_number
+from keras_flat.utils.validation import check_number
 
 
 @keras.saving.register_keras_serializable(package="keras_flat")

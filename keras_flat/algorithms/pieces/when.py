@@ -14,7 +14,7 @@ import tensorflow as tf
 from keras_flat.algorithms.pieces.base import Schedule
 from keras_flat.algorithms.pieces.base import deserialize
 from keras_flat.algorithms.pieces.base import serialize
-from keras_flat.validation import check_number
+from keras_flat.utils.validation import check_number
 
 
 @keras.saving.register_keras_serializable(package="keras_flat")

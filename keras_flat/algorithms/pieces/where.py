@@ -9,12 +9,12 @@ so it is where a piece may use a collective.
 import keras
 import tensorflow as tf
 
-from keras_flat import vector
 from keras_flat.algorithms.pieces import radius
 from keras_flat.algorithms.pieces.base import Perturbation
-from keras_flat.validation import check_bool
-from keras_flat.validation import check_fraction
-from keras_flat.validation import check_number
+from keras_flat.utils import vector
+from keras_flat.utils.validation import check_bool
+from keras_flat.utils.validation import check_fraction
+from keras_flat.utils.validation import check_number
 
 
 class RadiusPerturbation(Perturbation):
@@ -121,7 +121,7 @@ class ScaledAscent(RadiusPerturbation):
     `T`, which makes the sharpness it penalises invariant to rescaling the
     weights. As in the reference implementation, `T` applies to kernels,
     embeddings and normalisation scales; offsets (biases and normalisation
-    `beta`s: `keras_flat.structure.Parameter.offset`) use `T = 1`.
+    `beta`s: `keras_flat.utils.structure.Parameter.offset`) use `T = 1`.
 
     Args:
         rho: A finite number >= 0, or a schedule (see
@@ -208,7 +208,7 @@ class FilterGaussian(RadiusPerturbation):
     """RWP's point: filter-wise Gaussian noise (Li et al., arXiv 2211.11489).
 
     Each filter `f` of a kernel (an output unit or channel; see
-    `keras_flat.structure`) gets independent normal noise of
+    `keras_flat.utils.structure`) gets independent normal noise of
     standard deviation `sigma·‖w_f‖`, so the perturbation is relative to
     the scale of each filter. Offsets and normalisation scales are not
     perturbed unless `include_offsets`, in which case each such vector `v`

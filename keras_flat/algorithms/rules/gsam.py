@@ -10,7 +10,7 @@ from keras_flat.algorithms.pieces import radius
 from keras_flat.algorithms.pieces import when
 from keras_flat.algorithms.pieces import where
 from keras_flat.algorithms.recipe import Recipe
-from keras_flat.validation import check_number
+from keras_flat.utils.validation import check_number
 
 
 @keras.saving.register_keras_serializable(package="keras_flat")

@@ -3,10 +3,10 @@
 import keras
 import tensorflow as tf
 
-from keras_flat import vector
 from keras_flat.algorithms import registry
 from keras_flat.algorithms.base import Algorithm
 from keras_flat.algorithms.base import Step
+from keras_flat.utils import vector
 
 
 @keras.saving.register_keras_serializable(package="keras_flat")

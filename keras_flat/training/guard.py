@@ -20,8 +20,8 @@ checks replica 0's gradients alone).
 
 import tensorflow as tf
 
-from keras_flat import vector
-from keras_flat.internals import flatten_layers
+from keras_flat.utils import vector
+from keras_flat.utils.internals import flatten_layers
 
 ON_NONFINITE = ("skip", "raise", "ignore")
 

@@ -13,8 +13,8 @@ import random
 
 import numpy as np
 
-from keras_flat.validation import check_count
-from keras_flat.validation import check_number
+from keras_flat.utils.validation import check_count
+from keras_flat.utils.validation import check_number
 
 OFFLINE = ("digits", "mnist1d")
 
@@ -72,7 +72,7 @@ def load(name="digits", test_fraction=None, seed=None, image_shape=False, limit=
 
     Example:
 
-    >>> data = keras_flat.datasets.load("digits")
+    >>> data = keras_flat.app.datasets.load("digits")
     >>> data.x_train.shape, data.num_classes
     ((1347, 64), 10)
     """
@@ -135,7 +135,7 @@ def mnist1d(num_samples=MNIST1D_NUM_SAMPLES, seed=MNIST1D_SEED,
 
     Example:
 
-    >>> data = keras_flat.datasets.mnist1d()
+    >>> data = keras_flat.app.datasets.mnist1d()
     >>> data.x_train.shape, data.x_test.shape
     ((4000, 40), (1000, 40))
     """

@@ -17,7 +17,7 @@ data-dependent Python control flow).
 import numpy as np
 import tensorflow as tf
 
-from keras_flat import rng
+from keras_flat.utils import rng
 
 
 def compute_dtype(dtype):
@@ -329,7 +329,7 @@ def normal_like(tensors, seed):
     Args:
         tensors: List of tensors (or variables) with static shapes, giving
             shapes and dtypes.
-        seed: An integer tensor of shape `(2,)`; see `keras_flat.rng`.
+        seed: An integer tensor of shape `(2,)`; see `keras_flat.utils.rng`.
 
     Returns:
         A list of tensors in float32 (float64 for float64 tensors), so a
@@ -349,7 +349,7 @@ def sphere_like(tensors, seed, radius=1.0):
 
     Args:
         tensors: List of tensors (or variables) giving shapes and dtypes.
-        seed: An integer tensor of shape `(2,)`; see `keras_flat.rng`.
+        seed: An integer tensor of shape `(2,)`; see `keras_flat.utils.rng`.
         radius: The sphere's radius, a float or scalar tensor.
 
     Returns:

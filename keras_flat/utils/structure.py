@@ -55,7 +55,7 @@ import dataclasses
 
 import keras
 
-from keras_flat import internals
+from keras_flat.utils import internals
 
 KINDS = ("weight", "embedding", "bias", "normalization")
 
@@ -112,7 +112,7 @@ def describe_parameters(model):
     Example:
 
     ```python
-    for p in keras_flat.structure.describe_parameters(model):
+    for p in keras_flat.utils.structure.describe_parameters(model):
         print(p.name, p.kind, p.filter_axes, p.offset)
     ```
     """

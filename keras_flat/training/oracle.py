@@ -3,10 +3,10 @@
 import keras
 import tensorflow as tf
 
-from keras_flat import rng
-from keras_flat import vector
-from keras_flat.evaluation import BatchEvaluation
-from keras_flat.internals import flatten_layers
+from keras_flat.training.evaluation import BatchEvaluation
+from keras_flat.utils import rng
+from keras_flat.utils import vector
+from keras_flat.utils.internals import flatten_layers
 
 
 class GradientOracle:
@@ -54,7 +54,7 @@ class GradientOracle:
         state: `(variable, value)` pairs: the non-trainable state the clean
             forward pass writes (BatchNorm statistics, the seeds of Dropout
             and augmentation layers), with the values it had before that
-            pass; see `keras_flat.evaluation.BatchEvaluation`.
+            pass; see `keras_flat.training.evaluation.BatchEvaluation`.
         evaluation: The step's `BatchEvaluation` (shared with the clean
             pass), or None for one of the oracle's own. It may know more
             variables than `trainable_variables` (those the loss does not

@@ -15,8 +15,8 @@ import numpy as np
 
 from keras_flat import algorithms
 from keras_flat import callbacks as flat_callbacks
-from keras_flat import datasets
-from keras_flat.model import FlatMinimaModel
+from keras_flat.app import datasets
+from keras_flat.training.model import FlatMinimaModel
 
 LOSSES = ("mse", "crossentropy")
 

@@ -8,19 +8,19 @@ import numpy as np
 import tensorflow as tf
 
 from keras_flat import algorithms as algorithms_module
-from keras_flat import guard
-from keras_flat import internals
-from keras_flat import structure
-from keras_flat.algorithm_state import AlgorithmState
 from keras_flat.algorithms.base import Step
 from keras_flat.algorithms.pieces.base import BuildContext
-from keras_flat.evaluation import BatchEvaluation
-from keras_flat.oracle import GradientOracle
-from keras_flat.oracle import loss_scale
-from keras_flat.oracle import rescale_gradients
-from keras_flat.step_statistics import StepStatistics
-from keras_flat.validation import check_choice
-from keras_flat.validation import check_number
+from keras_flat.training import guard
+from keras_flat.training.algorithm_state import AlgorithmState
+from keras_flat.training.evaluation import BatchEvaluation
+from keras_flat.training.oracle import GradientOracle
+from keras_flat.training.oracle import loss_scale
+from keras_flat.training.oracle import rescale_gradients
+from keras_flat.training.step_statistics import StepStatistics
+from keras_flat.utils import internals
+from keras_flat.utils import structure
+from keras_flat.utils.validation import check_choice
+from keras_flat.utils.validation import check_number
 
 # Keyword arguments of keras.Model itself; everything else configures the
 # algorithm.

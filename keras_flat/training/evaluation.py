@@ -3,7 +3,7 @@
 import keras
 import tensorflow as tf
 
-from keras_flat.vector import compute_dtype
+from keras_flat.utils.vector import compute_dtype
 
 
 class BatchEvaluation:

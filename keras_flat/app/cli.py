@@ -8,8 +8,8 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from keras_flat import algorithms  # noqa: E402
-from keras_flat import demo  # noqa: E402
-from keras_flat.landscape import command as landscape_command  # noqa: E402
+from keras_flat.app import demo  # noqa: E402
+from keras_flat.app import landscape_command as landscape_command  # noqa: E402
 
 ALGORITHM_CHOICES = tuple(algorithms.names())
 

@@ -1,0 +1,1 @@
+"""The `keras-flat` application: command line, demo and its datasets."""

@@ -1,0 +1,1 @@
+"""The training step: `FlatMinimaModel` and what it hands an update rule."""
