@@ -154,6 +154,29 @@ def renamed_config(owner, config, renames):
     return rename_keywords(owner, config, renames)
 
 
+def renamed_attribute(old, new):
+    """A property `old` that reads and writes attribute `new`, with a warning.
+
+    Example:
+
+    ```python
+    class TopEigenvalue:
+        k = renamed_attribute("k", "num_eigenvalues")
+    ```
+    """
+    def get(self):
+        warn_renamed(f"{type(self).__name__}.{old}", f"{type(self).__name__}.{new}",
+                     what="Attribute")
+        return getattr(self, new)
+
+    def set(self, value):
+        warn_renamed(f"{type(self).__name__}.{old}", f"{type(self).__name__}.{new}",
+                     what="Attribute")
+        setattr(self, new, value)
+
+    return property(get, set, doc=f"Deprecated name of `{new}`.")
+
+
 def deprecated_names(module_name, names):
     """A module `__getattr__` that serves old public names with a warning.
 

@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 
 from keras_flat.deprecation import renamed_arguments
-from keras_flat.deprecation import warn_renamed
+from keras_flat.deprecation import renamed_attribute
 from keras_flat.hessian.eigen import Lanczos
 
 
@@ -35,11 +35,7 @@ class SpectralDensity:
     weights: np.ndarray
     bandwidth: float
 
-    @property
-    def sigma(self):
-        """Deprecated name of `bandwidth`."""
-        warn_renamed("SpectralDensity.sigma", "SpectralDensity.bandwidth", what="Attribute")
-        return self.bandwidth
+    sigma = renamed_attribute("sigma", "bandwidth")
 
     def mean(self):
         """The mean eigenvalue of the estimated spectrum, tr(H)/d."""
