@@ -49,7 +49,7 @@ def run(kinds, repeats, probes, jit=False):
         runners = {"gradient": _timed(auto.loss_and_gradient)}
         failed = []
         for method in hessian.HVP_METHODS:
-            op = hessian.HessianOperator(model, (x, y), method=method, jit_compile=jit)
+            op = hessian.HessianOperator(model, (x, y), hvp_method=method, jit_compile=jit)
             try:
                 op.matvec(tangents)  # Trace.
             except ValueError:

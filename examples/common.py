@@ -143,7 +143,7 @@ class Flatness:
     def __init__(self, model, data, num_probes=16, eigen_iterations=30, seed=0,
                  batch_size=None):
         self.operator = hessian.HessianOperator(
-            model, data, batch_size=batch_size, method="double_backward")
+            model, data, batch_size=batch_size, hvp_method="double_backward")
         self.num_probes, self.eigen_iterations, self.seed = num_probes, eigen_iterations, seed
         self.vectors = None
 
@@ -156,7 +156,7 @@ class Flatness:
         top = float("nan")
         if eigenvalue:
             result = hessian.top_eigenvalues(
-                self.operator, k=1, max_iterations=self.eigen_iterations, tol=1e-3,
+                self.operator, num_eigenvalues=1, max_iterations=self.eigen_iterations, rtol=1e-3,
                 seed=self.seed, initial_vectors=self.vectors)
             self.vectors, top = result.vectors, float(result.values[0])
         return {"hessian_trace": float(trace.value), "top_eigenvalue": top}
