@@ -11,6 +11,7 @@ import keras  # noqa: E402
 
 from keras_flat import algorithms  # noqa: E402
 from keras_flat import hessian  # noqa: E402
+from keras_flat.cli_arguments import add_renamed_flag  # noqa: E402
 
 # The methods the examples compare: key -> (registered algorithm name, fixed
 # options). "sa" is the paper's Algorithm 2 exactly; "sa-ca" adds the center
@@ -39,11 +40,15 @@ def label(key):
 
 
 def add_output_argument(parser, example):
-    """`--out DIR` (alias `--output-dir`), default examples_output/<example> (gitignored)."""
-    parser.add_argument("--out", "--output-dir", dest="output_dir",
+    """`--output-dir DIR`, default examples_output/<example> (gitignored).
+
+    `--out` is the deprecated spelling, as in `keras-flat landscape`.
+    """
+    parser.add_argument("--output-dir", dest="output_dir", metavar="DIR",
                         default=os.path.join("examples_output", example),
                         help=f"folder for results.json, results.md and {example}.png "
                              f"(default examples_output/{example})")
+    add_renamed_flag(parser, "--out", "--output-dir")
 
 
 def output_dir(path):
