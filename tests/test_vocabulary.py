@@ -407,3 +407,27 @@ def test_the_command_line_runs_as_a_module():
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert result.returncode == 0
     assert "--output-dir" in result.stdout and "--out " not in result.stdout
+
+
+def test_the_glossary_names_every_argument_of_the_public_functions():
+    import dataclasses
+
+    text = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "docs", "glossary.md"), encoding="utf-8").read()
+    listed = set(re.findall(r"`([a-z_0-9]+)`", text))
+    objects = ([getattr(hessian, n) for n in hessian.__all__]
+               + [getattr(landscape, n) for n in landscape.__all__]
+               + [callbacks.HessianTrace, callbacks.TopEigenvalue, callbacks.HessianSpectrum]
+               + [demo.run_one, demo.compare, demo.plot_landscapes, demo.make_algorithm,
+                  demo.plot])
+    missing = {}
+    for obj in objects:
+        if (not callable(obj) or dataclasses.is_dataclass(obj)  # Results, not arguments.
+                or isinstance(obj, type) and issubclass(obj, Exception)):
+            continue
+        for p in inspect.signature(obj).parameters.values():
+            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in listed:
+                missing.setdefault(p.name, []).append(obj.__name__)
+    assert not missing, missing
+    for old in ("`method`", "`k`", "`tol`", "`probe_size`", "`--out`", "`--lr`"):
+        assert old in text.split("## Renamed in this release")[1]
