@@ -143,7 +143,9 @@ def test_hessian_trace_estimator_and_hvp_method(problem):
     old = _old(hessian.hessian_trace, model, data, num_probes=3 * D, method="hutch++",
                hvp_method="double_backward", expect={"method": "estimator"})
     assert new.value == pytest.approx(np.trace(reference), rel=1e-5)
-    assert old.value == new.value and old.method == "hutch++"
+    assert old.value == new.value and old.estimator == "hutch++"
+    assert _old(getattr, old, "method", expect={"TraceEstimate.method":
+                                                "TraceEstimate.estimator"}) == "hutch++"
     _both(hessian.hessian_trace, model, data, method="hutch++", estimator="hutch++",
           old="method", new="estimator")
 
