@@ -199,7 +199,7 @@ def test_an_explicit_method_that_fails_says_so_and_auto_uses_the_other():
     x, y = rng.normal(size=(8, 5, 2)), rng.normal(size=(8, 3))
     v = rng.normal(size=sum(int(np.prod(w.shape)) for w in model.trainable_variables))
     with pytest.raises(ValueError, match=r"method='forward_over_backward' failed on model "
-                                         r".*Try method='double_backward'"):
+                                         r".*Try hvp_method='double_backward'"):
         hessian.hvp(model, (x, y), v, hvp_method="forward_over_backward")
     grad = zoo.gradient_function([(None, loss, 1.0)], model, x, y, training=False)
     reference = zoo.finite_difference_hvp(grad, zoo.weights_of(model), v)

@@ -50,7 +50,7 @@ def test_every_measurement_matches_finite_differences(name):
     for method in hessian.HVP_METHODS:
         if method == "forward_over_backward" and name in RECURRENT:
             with pytest.raises(ValueError, match=r"method='forward_over_backward' failed.*"
-                                                 r"Try method='double_backward'"):
+                                                 r"Try hvp_method='double_backward'"):
                 hessian.hvp(model, data, v, hvp_method=method)
             continue
         _assert_close(hessian.hvp(model, data, v, hvp_method=method), reference @ v,
