@@ -158,7 +158,7 @@ def demo_settings(names, overrides=None, sa_paper_rule=False):
             and not (key == radius and overrides.get(name) is not None)
         ]
         if changed:
-            parts.append(f"{entry.label}: {', '.join(changed)}")
+            parts.append(f"{entry.cls.__name__}: {', '.join(changed)}")
     if not parts:
         return ""
     return ("Demo settings, not the classes' own defaults: " + "; ".join(parts) + ".")
