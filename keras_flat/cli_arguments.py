@@ -6,13 +6,15 @@ extent of `inf` is never meant) and lie in the stated range. Error messages
 name the value as given.
 
 A renamed flag keeps its old spelling for one release: `add_renamed_flag`
-adds the old option string, hidden from `--help`, which works as the new
-one and prints a deprecation note naming both.
+adds the old option string, which works as the new one and prints a
+deprecation note naming both; `--help` lists it only at the end, under the
+deprecated spellings.
 """
 
 import argparse
 import math
 import sys
+import textwrap
 
 from keras_flat import deprecation
 
@@ -59,6 +61,15 @@ positive_float = float_above(0.0)
 non_negative_float = float_above(0.0, inclusive=True)
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's formatter, never breaking a line inside a flag (`--output-` / `dir`)."""
+
+    def _fill_text(self, text, width, indent):
+        text = self._whitespace_matcher.sub(" ", text).strip()
+        return textwrap.fill(text, width, initial_indent=indent, subsequent_indent=indent,
+                             break_on_hyphens=False)
+
+
 class _RenamedFlag(argparse.Action):
     """The old spelling of a flag: warns, then does what the new one does."""
 
@@ -78,7 +89,8 @@ class _RenamedFlag(argparse.Action):
 def add_renamed_flag(parser, old, new):
     """Accepts `old` as a deprecated spelling of the existing flag `new`.
 
-    The old flag is hidden from `--help` and the usage line, takes the same
+    The old flag is left out of the usage line and the list of options
+    (the help's last lines name it with its replacement), takes the same
     values (type, choices, number of values) and stores into the same
     destination; using it prints a note to standard error naming both.
 
@@ -91,4 +103,11 @@ def add_renamed_flag(parser, old, new):
         The hidden action.
     """
     target = parser._option_string_actions[new]  # argparse keeps no public index.
-    return parser.add_argument(old, dest=target.dest, action=_RenamedFlag, target=target)
+    action = parser.add_argument(old, dest=target.dest, action=_RenamedFlag, target=target)
+    renamed = getattr(parser, "_renamed_flags", []) + [f"{old} (now {new})"]
+    parser._renamed_flags = renamed
+    if parser.formatter_class is argparse.HelpFormatter:
+        parser.formatter_class = _Formatter
+    parser.epilog = ("Deprecated spellings, to be removed in " + deprecation.REMOVAL + ": "
+                     + ", ".join(renamed) + ".")
+    return action

@@ -342,9 +342,12 @@ def test_old_flags_parse_to_the_same_settings_and_say_so(capsys):
     for old_flag, new_flag in (("--lr", "--learning-rate"), ("--out", "--output-dir"),
                                ("--probes", "--num-probes"), ("--methods", "--algorithms")):
         assert re.search(rf"{old_flag} is deprecated.*use {new_flag} instead", err), old_flag
-    text = parser.format_help()
-    for hidden in ("--lr ", "--out ", "--probes ", "--methods "):
-        assert hidden not in text
+    usage, text = parser.format_usage(), parser.format_help()
+    options, epilog = text.split("Deprecated spellings")
+    for old_flag, new_flag in (("--lr", "--learning-rate"), ("--out", "--output-dir"),
+                               ("--probes", "--num-probes"), ("--methods", "--algorithms")):
+        assert f"{old_flag} " not in usage and f"{old_flag} " not in options
+        assert f"{old_flag} (now {new_flag})" in " ".join(epilog.split())
     with pytest.raises(SystemExit):
         parser.parse_args(["--methods", "no_such_rule"])  # Same choices as --algorithms.
 
@@ -408,7 +411,8 @@ def test_the_command_line_runs_as_a_module():
                             capture_output=True, text=True, timeout=120,
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert result.returncode == 0
-    assert "--output-dir" in result.stdout and "--out " not in result.stdout
+    assert "--output-dir" in result.stdout
+    assert "--out (now --output-dir)" in " ".join(result.stdout.split())
 
 
 def test_the_glossary_names_every_argument_of_the_public_functions():
