@@ -79,6 +79,7 @@ from benchmarks import efficiency  # noqa: E402
 from keras_flat import algorithms  # noqa: E402
 from keras_flat import hessian  # noqa: E402
 from keras_flat.app import datasets  # noqa: E402
+from keras_flat.app.cli_arguments import add_renamed_flag  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -405,8 +406,8 @@ def _worker_command(task, config, seeds, args):
     command = [sys.executable, "-m", "benchmarks.defaults", "--worker", "--tasks", task,
                "--configs", config.label, "--seeds", *map(str, seeds), "--threads", "1",
                "--cache-dir", args.cache_dir,
-               "--probes", str(args.probes), "--probe-examples", str(args.probe_examples),
-               "--escape-lr", str(args.escape_lr)]
+               "--num-probes", str(args.probes), "--probe-examples", str(args.probe_examples),
+               "--escape-learning-rate", str(args.escape_lr)]
     return command + (["--quick"] if args.quick else [])
 
 
@@ -595,11 +596,14 @@ def parse_args(argv):
     parser.add_argument("--jobs", type=int, default=1,
                         help="parallel worker processes, one per (task, configuration), each "
                              "with 1 TensorFlow thread (1: run in this process)")
-    parser.add_argument("--probes", type=int, default=64, help="Hutchinson probes (64)")
+    parser.add_argument("--num-probes", dest="probes", type=int, default=64,
+                        help="Hutchinson probes (64)")
+    add_renamed_flag(parser, "--probes", "--num-probes")
     parser.add_argument("--probe-examples", type=int, default=512,
                         help="first training examples the trace is measured on (512)")
-    parser.add_argument("--escape-lr", type=float, default=0.02,
+    parser.add_argument("--escape-learning-rate", dest="escape_lr", type=float, default=0.02,
                         help="SGD learning rate from the sharp minimum (0.02, efficiency's)")
+    add_renamed_flag(parser, "--escape-lr", "--escape-learning-rate")
     parser.add_argument("--cache-dir", default=CACHE,
                         help="where the runs are stored (benchmarks/.cache/defaults)")
     parser.add_argument("--report", default=None, help="also write the report to this file")

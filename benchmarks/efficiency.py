@@ -34,6 +34,7 @@ from benchmarks import common
 from keras_flat import algorithms
 from keras_flat import hessian
 from keras_flat.app import datasets
+from keras_flat.app.cli_arguments import add_renamed_flag
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -147,7 +148,8 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--budget", type=float, default=30.0,
                         help="batch-gradient evaluations per run, in plain epochs (30)")
-    parser.add_argument("--lr", type=float, default=0.02)
+    parser.add_argument("--learning-rate", dest="lr", type=float, default=0.02)
+    add_renamed_flag(parser, "--lr", "--learning-rate")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--timing-steps", type=int, default=60)
     parser.add_argument("--timing-repeats", type=int, default=5)

@@ -12,7 +12,7 @@ the LSTM's loop), and how many times the Hutchinson function was traced.
 Aim: an HVP costs at most 3 gradient evaluations.
 
 Usage:
-    python -m benchmarks.hvp [--models mlp cnn transformer lstm] [--repeats 7] [--probes 16]
+    python -m benchmarks.hvp [--models mlp cnn transformer lstm] [--repeats 7] [--num-probes 16]
 """
 
 import argparse
@@ -23,6 +23,7 @@ import tensorflow as tf  # noqa: E402
 
 from benchmarks import common
 from keras_flat import hessian  # noqa: E402
+from keras_flat.app.cli_arguments import add_renamed_flag  # noqa: E402
 from keras_flat.utils import vector  # noqa: E402
 
 
@@ -49,7 +50,7 @@ def run(kinds, repeats, probes, jit=False):
         runners = {"gradient": _timed(auto.loss_and_gradient)}
         failed = []
         for method in hessian.HVP_METHODS:
-            op = hessian.HessianOperator(model, (x, y), method=method, jit_compile=jit)
+            op = hessian.HessianOperator(model, (x, y), hvp_method=method, jit_compile=jit)
             try:
                 op.matvec(tangents)  # Trace.
             except ValueError:
@@ -83,7 +84,8 @@ def main(argv=None):
     parser.add_argument("--models", nargs="+", default=["mlp", "cnn", "transformer", "lstm"],
                         choices=sorted(common.MODELS))
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--probes", type=int, default=16)
+    parser.add_argument("--num-probes", dest="probes", type=int, default=16)
+    add_renamed_flag(parser, "--probes", "--num-probes")
     parser.add_argument("--jit", action="store_true")
     args = parser.parse_args(argv)
     print(f"Machine: {common.machine()}")

@@ -55,7 +55,7 @@ def _timed(fn):
 
 def run(repeats, loop_points):
     model, x, y = setup()
-    directions = landscape.random_directions(model, k=2, seed=0)
+    directions = landscape.random_directions(model, num_directions=2, seed=0)
     points = RESOLUTION * RESOLUTION
 
     start = time.perf_counter()

@@ -27,9 +27,9 @@ our choices. Everything else follows the papers and their code:
    example's index and the seed, so every epoch sees the same set.
 2. Clean training on the real training set with the same plain SGD until 100%
    training accuracy (at most `--clean-epochs`).
-3. From that minimum, each method of `--methods` continues on the clean set at
-   the constant learning rate `--lr` for `--epochs` epochs; every epoch the
-   training and test accuracy, the Hessian trace (Hutchinson, `--probes`
+3. From that minimum, each method of `--algorithms` continues on the clean set at
+   the constant learning rate `--learning-rate` for `--epochs` epochs; every epoch the
+   training and test accuracy, the Hessian trace (Hutchinson, `--num-probes`
    probes) and top eigenvalue (Lanczos) on the first `--probe-examples`
    training images are logged.
 
@@ -48,7 +48,7 @@ the whole pipeline); `--measure-step-cost` times training steps and counts
 their FLOPs instead of running the experiment.
 
 Usage:
-    python examples/cifar10_escape.py [--strategy mirrored] [--out DIR]
+    python examples/cifar10_escape.py [--strategy mirrored] [--output-dir DIR]
     python examples/cifar10_escape.py --measure-step-cost
 """
 
@@ -68,6 +68,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_flat  # noqa: E402
+from keras_flat.app.cli_arguments import add_renamed_flag  # noqa: E402
 
 import common  # noqa: E402
 
@@ -211,7 +212,7 @@ def _epochs(epochs, args):
 
 
 def train_until(model, data, size, target, max_epochs, args, log, what):
-    """Plain SGD (learning rate `--sharpening-lr`) until accuracy on `data` reaches `target`."""
+    """Plain SGD (`--sharpening-learning-rate`) until accuracy on `data` reaches `target`."""
     steps = _steps(size, args.batch_size, args)
     train = batched(data, args.batch_size, shuffle=min(size, 50000), seed=args.seed,
                     repeat=True)
@@ -345,17 +346,19 @@ def main(argv=None):
     parser.add_argument("--strategy", choices=["mirrored", "tpu", "default"], default="mirrored",
                         help="tf.distribute strategy (default mirrored: all local GPUs)")
     parser.add_argument("--tpu", default="", help="TPU name or address for --strategy tpu")
-    parser.add_argument("--methods", nargs="+", default=["none", "rs", "sa"],
+    parser.add_argument("--algorithms", dest="methods", nargs="+", default=["none", "rs", "sa"],
                         choices=list(common.METHODS),
                         help="methods from the sharp minimum (default: none rs sa, Figure 3)")
+    add_renamed_flag(parser, "--methods", "--algorithms")
     parser.add_argument("--width", type=int, default=64,
                         help="channels of the first stage (64 is ResNet-18; smaller for tests)")
     parser.add_argument("--norm", choices=["groupnorm", "batchnorm"], default="groupnorm",
                         help="normalisation layers (groupnorm: Damian et al.'s code)")
     parser.add_argument("--batch-size", type=int, default=128,
                         help="global batch size of every phase (128, the paper's)")
-    parser.add_argument("--lr", type=float, default=0.001,
+    parser.add_argument("--learning-rate", dest="lr", type=float, default=0.001,
                         help="constant SGD learning rate from the sharp minimum (0.001)")
+    add_renamed_flag(parser, "--lr", "--learning-rate")
     parser.add_argument("--epochs", type=int, default=100,
                         help="epochs from the sharp minimum (100; not stated in the paper)")
     parser.add_argument("--rs-rho", type=float, default=1.0,
@@ -368,8 +371,9 @@ def main(argv=None):
                              "phase 1)")
     parser.add_argument("--zero-out", type=float, default=0.1,
                         help="fraction of pixel positions zeroed in each copy (0.1)")
-    parser.add_argument("--sharpening-lr", type=float, default=0.1,
+    parser.add_argument("--sharpening-learning-rate", dest="sharpening_lr", type=float, default=0.1,
                         help="plain SGD learning rate of phases 1 and 2 (0.1, Liu et al.)")
+    add_renamed_flag(parser, "--sharpening-lr", "--sharpening-learning-rate")
     parser.add_argument("--poison-target", type=float, default=0.99,
                         help="phase 1 stops at this accuracy on the random-label set (0.99)")
     parser.add_argument("--poison-epochs", type=int, default=100,
@@ -380,8 +384,9 @@ def main(argv=None):
                         help="training images the Hessian is measured on (512)")
     parser.add_argument("--probe-batch-size", type=int, default=256,
                         help="batch size of the Hessian measurements (256)")
-    parser.add_argument("--probes", type=int, default=8,
+    parser.add_argument("--num-probes", dest="probes", type=int, default=8,
                         help="Hutchinson probes per trace measurement (8, the same each time)")
+    add_renamed_flag(parser, "--probes", "--num-probes")
     parser.add_argument("--eigen-iterations", type=int, default=10,
                         help="Lanczos iterations per top-eigenvalue measurement (10, "
                              "warm-started from the previous epoch's eigenvector)")

@@ -11,6 +11,7 @@ import keras  # noqa: E402
 
 from keras_flat import algorithms  # noqa: E402
 from keras_flat import hessian  # noqa: E402
+from keras_flat.app.cli_arguments import add_renamed_flag  # noqa: E402
 
 # The methods the examples compare: key -> (registered algorithm name, fixed
 # options). "sa" is the paper's Algorithm 2 exactly; "sa-ca" adds the center
@@ -39,11 +40,15 @@ def label(key):
 
 
 def add_output_argument(parser, example):
-    """`--out DIR` (alias `--output-dir`), default examples_output/<example> (gitignored)."""
-    parser.add_argument("--out", "--output-dir", dest="output_dir",
+    """`--output-dir DIR`, default examples_output/<example> (gitignored).
+
+    `--out` is the deprecated spelling, as in `keras-flat landscape`.
+    """
+    parser.add_argument("--output-dir", dest="output_dir", metavar="DIR",
                         default=os.path.join("examples_output", example),
                         help=f"folder for results.json, results.md and {example}.png "
                              f"(default examples_output/{example})")
+    add_renamed_flag(parser, "--out", "--output-dir")
 
 
 def output_dir(path):
@@ -143,7 +148,7 @@ class Flatness:
     def __init__(self, model, data, num_probes=16, eigen_iterations=30, seed=0,
                  batch_size=None):
         self.operator = hessian.HessianOperator(
-            model, data, batch_size=batch_size, method="double_backward")
+            model, data, batch_size=batch_size, hvp_method="double_backward")
         self.num_probes, self.eigen_iterations, self.seed = num_probes, eigen_iterations, seed
         self.vectors = None
 
@@ -156,7 +161,7 @@ class Flatness:
         top = float("nan")
         if eigenvalue:
             result = hessian.top_eigenvalues(
-                self.operator, k=1, max_iterations=self.eigen_iterations, tol=1e-3,
+                self.operator, num_eigenvalues=1, max_iterations=self.eigen_iterations, rtol=1e-3,
                 seed=self.seed, initial_vectors=self.vectors)
             self.vectors, top = result.vectors, float(result.values[0])
         return {"hessian_trace": float(trace.value), "top_eigenvalue": top}

@@ -8,7 +8,7 @@ Hessian trace, top eigenvalue and time per step, and the plot shows the
 per-epoch trace and test accuracy (mean, with the range over seeds shaded).
 
 Usage:
-    python examples/compare_optimizers.py [--seeds 0 1 2] [--epochs 30] [--quick] [--out DIR]
+    python examples/compare_optimizers.py [--seeds 0 1 2] [--epochs 30] [--quick] [--output-dir DIR]
     python examples/compare_optimizers.py --help   # every option of keras-flat demo
 """
 
@@ -28,8 +28,6 @@ EXAMPLE = "compare_optimizers"
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     cli.add_demo_arguments(parser)
-    parser.add_argument("--out", dest="output_dir",
-                        help=f"same as --output-dir (default examples_output/{EXAMPLE})")
     parser.set_defaults(algorithms=["none", "sam", "asam", "rs", "sa"],
                         output_dir=os.path.join("examples_output", EXAMPLE))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
@@ -38,7 +36,7 @@ def main(argv=None):
                         help="a short run for tests: 3 epochs, seeds 0 1, small probe")
     args = parser.parse_args(argv)
     if args.quick:
-        args.epochs, args.seeds, args.probes, args.probe_examples = 3, [0, 1], 8, 128
+        args.epochs, args.seeds, args.num_probes, args.probe_examples = 3, [0, 1], 8, 128
         args.quiet = True
     clock = common.Clock()
     common.output_dir(args.output_dir)

@@ -17,7 +17,7 @@ full trace gradient; with more examples it is curvature along one direction
 of a higher-rank Hessian, and the trace falls more slowly.
 
 Usage:
-    python examples/dimension_speedup.py [--dims 2 4 8 16 32] [--quick] [--out DIR]
+    python examples/dimension_speedup.py [--dims 2 4 8 16 32] [--quick] [--output-dir DIR]
 """
 
 import argparse
@@ -29,6 +29,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_flat  # noqa: E402
+from keras_flat.app.cli_arguments import add_renamed_flag  # noqa: E402
 
 import common  # noqa: E402
 
@@ -180,10 +181,14 @@ def main(argv=None):
     parser.add_argument("--dims", type=int, nargs="+", default=[2, 4, 8, 16, 32],
                         help="even numbers of parameters D (default 2 4 8 16 32)")
     parser.add_argument("--seeds", type=int, default=4, help="seeds for RS (SA uses half)")
-    parser.add_argument("--lr", type=float, default=0.02, help="learning rate η (0.02)")
+    parser.add_argument("--learning-rate", dest="lr", type=float, default=0.02,
+                        help="learning rate η (0.02)")
+    add_renamed_flag(parser, "--lr", "--learning-rate")
     parser.add_argument("--rho", type=float, default=0.3, help="radius ρ (0.3)")
     parser.add_argument("--v3-steps", type=int, default=4000, help="steps of part 2 (4000)")
-    parser.add_argument("--v3-lr", type=float, default=0.01, help="learning rate of part 2")
+    parser.add_argument("--v3-learning-rate", dest="v3_lr", type=float, default=0.01,
+                        help="learning rate of part 2")
+    add_renamed_flag(parser, "--v3-lr", "--v3-learning-rate")
     parser.add_argument("--v3-rho", type=float, default=0.3, help="radius of part 2")
     common.add_output_argument(parser, EXAMPLE)
     parser.add_argument("--quick", action="store_true", help="D = 2 and 8 only, short part 2")

@@ -32,7 +32,7 @@ as in the paper's Setting 1). The sharp minimum is cached in the output
 folder and reused by later runs with the same settings.
 
 Usage:
-    python examples/escape_sharp_minimum.py [--epochs 60] [--quick] [--out DIR]
+    python examples/escape_sharp_minimum.py [--epochs 60] [--quick] [--output-dir DIR]
 """
 
 import argparse
@@ -47,6 +47,7 @@ import numpy as np  # noqa: E402
 import keras_flat  # noqa: E402
 from keras_flat import callbacks  # noqa: E402
 from keras_flat.app import datasets  # noqa: E402
+from keras_flat.app.cli_arguments import add_renamed_flag  # noqa: E402
 
 import common  # noqa: E402
 
@@ -212,14 +213,18 @@ def plot(rows, reference, filename):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=60, help="epochs from the sharp minimum (60)")
-    parser.add_argument("--lr", type=float, default=0.02, help="constant SGD learning rate (0.02)")
+    parser.add_argument("--learning-rate", dest="lr", type=float, default=0.02,
+                        help="constant SGD learning rate (0.02)")
+    add_renamed_flag(parser, "--lr", "--learning-rate")
     parser.add_argument("--rs-rho", type=float, default=4.0, help="RS radius (4.0)")
     parser.add_argument("--sa-rho", type=float, default=0.05,
                         help="radius of SA, the paper's Algorithm 2 (0.05)")
     parser.add_argument("--sa-ca-rho", type=float, default=0.05,
                         help="radius of SA with center=True, antithetic=True (0.05)")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
+    parser.add_argument("--algorithms", dest="methods", nargs="+", default=list(METHODS),
+                        choices=list(METHODS),
                         help="methods to continue with (default: all)")
+    add_renamed_flag(parser, "--methods", "--algorithms")
     parser.add_argument("--sharpening-epochs", type=int, default=400,
                         help="at most this many epochs of phase 1, the joint training with the "
                              "random-label auxiliary set (400; it stops once the clean set is "

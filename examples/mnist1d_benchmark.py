@@ -35,10 +35,10 @@ deviation, the plot the per-epoch mean with the range over seeds shaded.
 `--quick` is a short run for the test suite.
 
 Usage:
-    python examples/mnist1d_benchmark.py [--seeds 0 1 2 3 4] [--quick] [--out DIR]
-    python examples/mnist1d_benchmark.py --seeds 0 1 --out a & \
-        python examples/mnist1d_benchmark.py --seeds 2 3 4 --out b; wait
-    python examples/mnist1d_benchmark.py --merge a b --out c   # one set of tables
+    python examples/mnist1d_benchmark.py [--seeds 0 1 2 3 4] [--quick] [--output-dir DIR]
+    python examples/mnist1d_benchmark.py --seeds 0 1 --output-dir a & \
+        python examples/mnist1d_benchmark.py --seeds 2 3 4 --output-dir b; wait
+    python examples/mnist1d_benchmark.py --merge a b --output-dir c   # one set of tables
 """
 
 import argparse
@@ -52,6 +52,7 @@ import numpy as np  # noqa: E402
 
 import keras_flat  # noqa: E402
 from keras_flat.app import datasets  # noqa: E402
+from keras_flat.app.cli_arguments import add_renamed_flag  # noqa: E402
 
 import common  # noqa: E402
 
@@ -368,9 +369,10 @@ def main(argv=None):
                         help="seeds; each runs every part (default 0 1 2 3 4)")
     parser.add_argument("--parts", nargs="+", default=["baselines", "escape", "scratch"],
                         choices=["baselines", "escape", "scratch"], help="what to run")
-    parser.add_argument("--methods", nargs="+", default=list(common.METHODS),
+    parser.add_argument("--algorithms", dest="methods", nargs="+", default=list(common.METHODS),
                         choices=list(common.METHODS),
                         help="methods of parts 2 and 3 (default: all)")
+    add_renamed_flag(parser, "--methods", "--algorithms")
     parser.add_argument("--baseline-steps", type=int, default=6000,
                         help="training steps of the baselines (6000, the authors')")
     parser.add_argument("--aux-copies", type=int, default=4,
@@ -379,25 +381,29 @@ def main(argv=None):
                         help="standard deviation of their Gaussian noise (0.1; data std 1)")
     parser.add_argument("--poison-epochs", type=int, default=40,
                         help="epochs of joint training with the auxiliary set (40)")
-    parser.add_argument("--clean-lr", type=float, default=1e-3,
+    parser.add_argument("--clean-learning-rate", dest="clean_lr", type=float, default=1e-3,
                         help="Adam learning rate of clean training to 100%% (1e-3)")
+    add_renamed_flag(parser, "--clean-lr", "--clean-learning-rate")
     parser.add_argument("--max-clean-epochs", type=int, default=200,
                         help="cap on clean epochs to reach 100%% training accuracy (200)")
     parser.add_argument("--escape-epochs", type=int, default=30,
                         help="epochs from the poisoned minimum (30)")
-    parser.add_argument("--escape-lr", type=float, default=0.01,
+    parser.add_argument("--escape-learning-rate", dest="escape_lr", type=float, default=0.01,
                         help="constant SGD learning rate from the poisoned minimum (0.01)")
+    add_renamed_flag(parser, "--escape-lr", "--escape-learning-rate")
     parser.add_argument("--scratch-epochs", type=int, default=30,
                         help="epochs of training from scratch (30)")
-    parser.add_argument("--scratch-lr", type=float, default=0.1,
+    parser.add_argument("--scratch-learning-rate", dest="scratch_lr", type=float, default=0.1,
                         help="SGD learning rate (momentum 0.9) from scratch (0.1)")
+    add_renamed_flag(parser, "--scratch-lr", "--scratch-learning-rate")
     parser.add_argument("--sam-rho", type=float, default=0.05, help="SAM radius (0.05)")
     parser.add_argument("--rs-rho", type=float, default=4.0, help="RS radius (4.0)")
     parser.add_argument("--sa-rho", type=float, default=0.1, help="SA radius (0.1)")
     parser.add_argument("--sa-ca-rho", type=float, default=0.1,
                         help="radius of SA with center and antithetic (0.1)")
-    parser.add_argument("--probes", type=int, default=8,
+    parser.add_argument("--num-probes", dest="probes", type=int, default=8,
                         help="Hutchinson probes per trace measurement (8, the same each time)")
+    add_renamed_flag(parser, "--probes", "--num-probes")
     parser.add_argument("--probe-examples", type=int, default=512,
                         help="training examples the Hessian is measured on (512)")
     parser.add_argument("--train-examples", type=int, default=None,
@@ -407,7 +413,7 @@ def main(argv=None):
     parser.add_argument("--merge", nargs="+", metavar="DIR", default=None,
                         help="instead of running, combine the results.json of runs with the "
                              "same settings and different seeds (e.g. run in parallel) into "
-                             "one set of tables and plot in --out")
+                             "one set of tables and plot in --output-dir")
     common.add_output_argument(parser, EXAMPLE)
     parser.add_argument("--quick", action="store_true",
                         help="a short run for tests: seed 0, plain SGD and SA only, the "

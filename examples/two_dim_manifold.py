@@ -20,7 +20,7 @@ undefined (g = 0) and its step is zero, while SA's jitter (the paper's
 Remark 2) and RS's random directions still find the way along the minima.
 
 Usage:
-    python examples/two_dim_manifold.py [--steps 1500] [--seeds 4] [--quick] [--out DIR]
+    python examples/two_dim_manifold.py [--steps 1500] [--seeds 4] [--quick] [--output-dir DIR]
 """
 
 import argparse
@@ -32,6 +32,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_flat  # noqa: E402
+from keras_flat.app.cli_arguments import add_renamed_flag  # noqa: E402
 
 import common  # noqa: E402
 
@@ -150,7 +151,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=1500, help="steps per run (default 1500)")
     parser.add_argument("--seeds", type=int, default=4, help="seeds averaged for RS and SA (4)")
-    parser.add_argument("--lr", type=float, default=0.02, help="learning rate η (0.02)")
+    parser.add_argument("--learning-rate", dest="lr", type=float, default=0.02,
+                        help="learning rate η (0.02)")
+    add_renamed_flag(parser, "--lr", "--learning-rate")
     parser.add_argument("--rho", type=float, default=0.3, help="radius ρ of RS, SA, SAM (0.3)")
     parser.add_argument("--start", type=float, default=3.0,
                         help="start at the minimum (a, 1/a) with this a (3)")

@@ -7,7 +7,7 @@ bar after the user's callbacks; list these callbacks *before* `CSVLogger` or
 `TensorBoard` so those see the new keys.
 
 With `log_dir` (e.g. the `log_dir` of `keras.callbacks.TensorBoard`) they
-also write their values as TensorBoard scalars, and `SpectralDensity` the
+also write their values as TensorBoard scalars, and `HessianSpectrum` the
 Hessian's eigenvalue density as a histogram, into the `flatness`
 subdirectory of `log_dir` (a run of its own, next to Keras's `train` and
 `validation`); `tensorboard` itself need not be installed to write them.
@@ -21,7 +21,7 @@ each costing about two to three gradient evaluations on that set.
 The compiled functions are shared between the callbacks and with the
 one-line measurements of `keras_flat.hessian` on the same model (see
 `keras_flat.hessian.HessianOperator`): `HessianTrace`, `TopEigenvalue` and
-`SpectralDensity` on the same data trace each function once per model,
+`HessianSpectrum` on the same data trace each function once per model,
 however many epochs they measure.
 """
 
@@ -40,6 +40,9 @@ from keras_flat.hessian.operator import HVP_METHODS
 from keras_flat.hessian.trace import TRACE_METHODS
 from keras_flat.utils import summaries
 from keras_flat.utils.batches import as_batches
+from keras_flat.utils.deprecation import deprecated_names
+from keras_flat.utils.deprecation import renamed_arguments
+from keras_flat.utils.deprecation import renamed_attribute
 from keras_flat.utils.validation import check_choice
 from keras_flat.utils.validation import check_count
 
@@ -81,7 +84,7 @@ class _HessianCallback(keras.callbacks.Callback, abc.ABC):
         """
         return hessian.HessianOperator(
             self.model, self.batches, loss=self.loss, training=self.training,
-            method=self.hvp_method,
+            hvp_method=self.hvp_method,
         )
 
     def _due(self, epoch):
@@ -150,12 +153,14 @@ class HessianTrace(_HessianCallback):
         num_probes: Hessian-vector products per measurement, >= 1 (>= 3 for
             `"hutch++"`). Defaults to 16.
         every_n_epochs: Measure every this many epochs. Defaults to 1.
-        method: `"hutchinson"` (default) or `"hutch++"`.
+        estimator: The trace estimator, `"hutchinson"` (default) or
+            `"hutch++"`.
         batch_size: Split array data into batches of this size (128).
         num_batches: Use at most this many batches of `data` (4).
         training: Measure with layers in training mode (BatchNorm batch
             statistics). Defaults to False.
-        hvp_method: `"auto"`, `"forward_over_backward"` or `"double_backward"`.
+        hvp_method: How the Hessian-vector products are computed: `"auto"`,
+            `"forward_over_backward"` or `"double_backward"`.
         loss: The loss to measure, for a model compiled without one (or
             instead of the compiled one): a name such as `"mse"`, a
             `keras.losses.Loss`, or a callable `loss(y_true, y_pred)`.
@@ -175,16 +180,19 @@ class HessianTrace(_HessianCallback):
     ```
     """
 
-    def __init__(self, data, num_probes=16, every_n_epochs=1, method="hutchinson",
+    method = renamed_attribute("method", "estimator")
+
+    @renamed_arguments(method="estimator")
+    def __init__(self, data, num_probes=16, every_n_epochs=1, estimator="hutchinson",
                  batch_size=128, num_batches=4, training=False, hvp_method="auto",
                  loss=None, seed=0, resample_probes=False, verbose=0, per_layer=False,
                  log_dir=None):
-        check_choice("method", method, TRACE_METHODS)
-        check_count("num_probes", num_probes, 3 if method == "hutch++" else 1)
+        check_choice("estimator", estimator, TRACE_METHODS)
+        check_count("num_probes", num_probes, 3 if estimator == "hutch++" else 1)
         super().__init__(data, every_n_epochs, batch_size, num_batches, training,
                          hvp_method, loss, seed, verbose, log_dir)
         self.num_probes = num_probes
-        self.method = method
+        self.estimator = estimator
         self.resample_probes = bool(resample_probes)
         self.per_layer = bool(per_layer)
         self._measurements = 0
@@ -201,7 +209,7 @@ class HessianTrace(_HessianCallback):
         seed = self.seed + (self._measurements if self.resample_probes else 0)
         self._measurements += 1
         estimate = hessian.hessian_trace(
-            operator, num_probes=self.num_probes, method=self.method, seed=seed,
+            operator, num_probes=self.num_probes, estimator=self.estimator, seed=seed,
             per_layer=self.per_layer)
         self.last = estimate
         values = {
@@ -218,19 +226,20 @@ class HessianTrace(_HessianCallback):
 class TopEigenvalue(_HessianCallback):
     """Estimates the top Hessian eigenvalues at the end of every `every_n_epochs` epochs.
 
-    Logs `top_eigenvalue` (the largest eigenvalue) and, for `k > 1`,
-    `top_eigenvalue_2` ... `top_eigenvalue_k`. Each measurement warm-starts
+    Logs `top_eigenvalue` (the largest eigenvalue) and, for
+    `num_eigenvalues > 1`, `top_eigenvalue_2` ... `top_eigenvalue_<n>`. Each measurement warm-starts
     from the previous eigenvectors, so during training it usually needs only
     a few Hessian-vector products. Epochs that are not measured log NaN.
 
     Args:
         data: Measurement data (see `HessianTrace`).
-        k: How many eigenvalues, >= 1. Defaults to 1.
+        num_eigenvalues: How many eigenvalues, >= 1. Defaults to 1.
         every_n_epochs: Measure every this many epochs. Defaults to 1.
-        method: `"lanczos"` (default) or `"power"`.
+        estimator: The eigenvalue estimator, `"lanczos"` (default) or
+            `"power"`.
         max_iterations: Budget of Hessian-vector products per measurement
             (50).
-        tol: Relative accuracy (1e-3).
+        rtol: Relative accuracy (1e-3).
         batch_size, num_batches, training, hvp_method, loss, seed, verbose:
             As for `HessianTrace`.
         warm_start: Start from the previous measurement's eigenvectors.
@@ -240,45 +249,51 @@ class TopEigenvalue(_HessianCallback):
     Example:
 
     ```python
-    top = keras_flat.callbacks.TopEigenvalue((x_val, y_val), k=2)
+    top = keras_flat.callbacks.TopEigenvalue((x_val, y_val), num_eigenvalues=2)
     model.fit(x, y, epochs=5, callbacks=[top])
     ```
     """
 
-    def __init__(self, data, k=1, every_n_epochs=1, method="lanczos", max_iterations=50,
-                 tol=1e-3, batch_size=128, num_batches=4, training=False,
+    k = renamed_attribute("k", "num_eigenvalues")
+    method = renamed_attribute("method", "estimator")
+    tol = renamed_attribute("tol", "rtol")
+
+    @renamed_arguments(k="num_eigenvalues", method="estimator", tol="rtol")
+    def __init__(self, data, num_eigenvalues=1, every_n_epochs=1, estimator="lanczos",
+                 max_iterations=50, rtol=1e-3, batch_size=128, num_batches=4, training=False,
                  hvp_method="auto", loss=None, seed=0, warm_start=True, verbose=0,
                  log_dir=None):
-        check_count("k", k, 1)
+        check_count("num_eigenvalues", num_eigenvalues, 1)
         check_count("max_iterations", max_iterations, 1)
-        check_choice("method", method, EIGEN_METHODS)
-        if not (isinstance(tol, (int, float)) and 0 < tol < 1):
-            raise ValueError(f"Argument `tol` must be in (0, 1). Received: tol={tol!r}.")
+        check_choice("estimator", estimator, EIGEN_METHODS)
+        if not (isinstance(rtol, (int, float)) and 0 < rtol < 1):
+            raise ValueError(f"Argument `rtol` must be in (0, 1). Received: rtol={rtol!r}.")
         super().__init__(data, every_n_epochs, batch_size, num_batches, training,
                          hvp_method, loss, seed, verbose, log_dir)
-        self.k = k
-        self.method = method
+        self.num_eigenvalues = num_eigenvalues
+        self.estimator = estimator
         self.max_iterations = max_iterations
-        self.tol = tol
+        self.rtol = rtol
         self.warm_start = bool(warm_start)
         self.vectors = None
 
     def keys(self):
-        return ["top_eigenvalue"] + [f"top_eigenvalue_{i}" for i in range(2, self.k + 1)]
+        return ["top_eigenvalue"] + [f"top_eigenvalue_{i}"
+                                     for i in range(2, self.num_eigenvalues + 1)]
 
     def measure(self, operator):
         warm = self.warm_start and self.vectors is not None
         warm = warm and self.vectors.shape[1] == operator.dimension  # Not after freezing.
         result = hessian.top_eigenvalues(
-            operator, k=self.k, method=self.method, max_iterations=self.max_iterations,
-            tol=self.tol, seed=self.seed, initial_vectors=self.vectors if warm else None)
+            operator, num_eigenvalues=self.num_eigenvalues, estimator=self.estimator,
+            max_iterations=self.max_iterations, rtol=self.rtol, seed=self.seed,
+            initial_vectors=self.vectors if warm else None)
         self.vectors = result.vectors
         self.last = result
         return {key: float(v) for key, v in zip(self.keys(), result.values)}
 
 
-
-class SpectralDensity(_HessianCallback):
+class HessianSpectrum(_HessianCallback):
     """Estimates the Hessian's eigenvalue density at the end of every `every_n_epochs` epochs.
 
     Uses stochastic Lanczos quadrature (`keras_flat.hessian.spectral_density`)
@@ -302,6 +317,10 @@ class SpectralDensity(_HessianCallback):
         log_dir: If given, write the histogram and scalars into
             `log_dir/flatness`.
 
+    Formerly `SpectralDensity`, the name of the result class
+    `keras_flat.hessian.SpectralDensity`; the old name still works for one
+    release, with a `DeprecationWarning`.
+
     Attributes:
         last: The last `keras_flat.hessian.SpectralDensity` measured.
         histograms: `{epoch: (buckets, 3) array}` of what was written.
@@ -309,7 +328,7 @@ class SpectralDensity(_HessianCallback):
     Example:
 
     ```python
-    spectrum = keras_flat.callbacks.SpectralDensity(probe, log_dir="logs")
+    spectrum = keras_flat.callbacks.HessianSpectrum(probe, log_dir="logs")
     model.fit(x, y, epochs=5, callbacks=[spectrum, keras.callbacks.TensorBoard("logs")])
     ```
     """
@@ -347,3 +366,6 @@ class SpectralDensity(_HessianCallback):
                                             self._dimension, self.buckets)
         self.histograms[epoch] = buckets
         summaries.histogram("hessian_spectrum", buckets, step=epoch)
+
+
+__getattr__ = deprecated_names(__name__, {"SpectralDensity": ("HessianSpectrum", HessianSpectrum)})

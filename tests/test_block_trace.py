@@ -21,15 +21,15 @@ def test_hutch_plus_plus_blocks_are_exact_once_the_sketch_spans_the_space():
     x, y = regression_data(n=32)
     model = _compiled_mlp(l2=0.05)
     exact = _exact_blocks(model, x, y, l2=0.05)
-    op = hessian.HessianOperator(model, (x, y), method="double_backward")
-    est = hessian.hessian_trace(op, num_probes=3 * op.dimension, method="hutch++",
+    op = hessian.HessianOperator(model, (x, y), hvp_method="double_backward")
+    est = hessian.hessian_trace(op, num_probes=3 * op.dimension, estimator="hutch++",
                                 per_variable=True)
     assert est.blocks.names == [v.path for v in model.trainable_variables]
     np.testing.assert_allclose(est.blocks.values, exact, atol=1e-4 * np.abs(exact).max())
     np.testing.assert_allclose(est.blocks.values.sum(), est.value, rtol=1e-6)
     np.testing.assert_array_equal(est.blocks.dimensions, [20, 5, 10, 2])
     # With fewer products each block is still unbiased: within 4 standard errors.
-    few = hessian.hessian_trace(op, num_probes=60, method="hutch++", seed=3, per_variable=True)
+    few = hessian.hessian_trace(op, num_probes=60, estimator="hutch++", seed=3, per_variable=True)
     assert np.all(np.abs(few.blocks.values - exact) < 4 * few.blocks.stderrs + 1e-6)
 
 
@@ -37,7 +37,7 @@ def test_hutchinson_blocks_match_the_exact_block_traces_and_sum_to_the_total():
     x, y = regression_data(n=32)
     model = _compiled_mlp()
     exact = _exact_blocks(model, x, y)
-    op = hessian.HessianOperator(model, (x, y), method="double_backward")
+    op = hessian.HessianOperator(model, (x, y), hvp_method="double_backward")
     est = hessian.hessian_trace(op, num_probes=800, seed=1, per_variable=True)
     blocks = est.blocks
     assert blocks.samples.shape == (800, 4)

@@ -29,7 +29,7 @@ def test_keys_reach_history_and_match_a_direct_measurement(wrapped, jit):
     x, y = regression_data(n=96)
     probe = (x[:64], y[:64])
     trace = callbacks.HessianTrace(probe, num_probes=8, batch_size=32)
-    top = callbacks.TopEigenvalue(probe, k=2, batch_size=32, tol=1e-5, max_iterations=80)
+    top = callbacks.TopEigenvalue(probe, num_eigenvalues=2, batch_size=32, rtol=1e-5, max_iterations=80)
     model = _model(wrapped, jit)
     history = model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[trace, top])
     logged = history.history
@@ -75,7 +75,7 @@ def test_every_n_epochs_logs_nan_in_between_and_csv_logger_sees_the_keys(tmp_pat
 
 def test_warm_started_callback_uses_fewer_products_later():
     x, y = regression_data(n=64)
-    top = callbacks.TopEigenvalue((x, y), k=1, tol=1e-4, max_iterations=100)
+    top = callbacks.TopEigenvalue((x, y), num_eigenvalues=1, rtol=1e-4, max_iterations=100)
     model = _model(True, False)
     model.compile(optimizer=keras.optimizers.SGD(1e-4), loss="mse")
     iterations = []
@@ -94,10 +94,10 @@ def test_callback_arguments_are_validated_at_construction():
         callbacks.HessianTrace((x, y), num_probes=0)
     with pytest.raises(ValueError, match=r"`every_n_epochs`.*0"):
         callbacks.HessianTrace((x, y), every_n_epochs=0)
-    with pytest.raises(ValueError, match=r"`method`.*'exact'"):
-        callbacks.HessianTrace((x, y), method="exact")
-    with pytest.raises(ValueError, match=r"`k`.*0"):
-        callbacks.TopEigenvalue((x, y), k=0)
+    with pytest.raises(ValueError, match=r"`estimator`.*'exact'"):
+        callbacks.HessianTrace((x, y), estimator="exact")
+    with pytest.raises(ValueError, match=r"`num_eigenvalues`.*0"):
+        callbacks.TopEigenvalue((x, y), num_eigenvalues=0)
     with pytest.raises(ValueError, match=r"`data` is empty"):
         callbacks.TopEigenvalue((x[:0], y[:0]))
     with pytest.raises(ValueError, match=r"`hvp_method`.*'fd'"):

@@ -36,7 +36,7 @@ def test_tfds_names_go_through_tensorflow_datasets():
 
 def test_demo_runs_end_to_end_and_shows_the_flattening(tmp_path, capsys):
     out = os.path.join(tmp_path, "demo")
-    code = cli.main(["demo", "--epochs", "3", "--probes", "8", "--probe-examples", "128",
+    code = cli.main(["demo", "--epochs", "3", "--num-probes", "8", "--probe-examples", "128",
                      "--quiet", "--output-dir", out, "--landscape"])
     assert code == 0
     printed = capsys.readouterr().out
@@ -47,6 +47,9 @@ def test_demo_runs_end_to_end_and_shows_the_flattening(tmp_path, capsys):
     for label in ("plain SGD", "SAM", "RS (Alg. 1)", "SA + center, antithetic"):
         assert label in table and label in printed
     assert "SA (Alg. 2)" not in table
+    # The rules' demo settings are labelled as such, next to the class defaults.
+    assert "Demo settings, not the classes' own defaults" in table
+    assert "center=True (class default False)" in printed
     with open(os.path.join(out, "plot.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     with open(os.path.join(out, "results.json")) as f:
@@ -81,7 +84,7 @@ def test_demo_help_explains_every_option():
     assert result.returncode == 0
     for option in ("--dataset", "--algorithms", "--epochs", "--batch-size", "--learning-rate",
                    "--hidden", "--loss", "--sam-rho", "--rs-rho", "--sa-rho", "--asam-rho",
-                   "--sa-paper-rule", "--probes", "--probe-examples", "--output-dir",
+                   "--sa-paper-rule", "--num-probes", "--probe-examples", "--output-dir",
                    "--no-plot", "--quiet", "--seed"):
         assert option in result.stdout
     bad = subprocess.run([sys.executable, "-m", "keras_flat.app.cli", "demo", "--epochs", "0"],

@@ -169,7 +169,7 @@ def test_hessian_trace_callback_is_the_same_under_a_strategy():
             model = keras_flat.FlatMinimaModel(mlp(), "sam", rho=0.1, seed=0)
             model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
         trace = keras_flat.callbacks.HessianTrace((x, y), num_probes=8, batch_size=32)
-        top = keras_flat.callbacks.TopEigenvalue((x, y), batch_size=32, tol=1e-5)
+        top = keras_flat.callbacks.TopEigenvalue((x, y), batch_size=32, rtol=1e-5)
         history = model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0,
                             callbacks=[trace, top])
         values.append((history.history["hessian_trace"], history.history["top_eigenvalue"]))

@@ -31,7 +31,7 @@ def _outputs(tmp_path, name):
 
 
 def test_two_dim_manifold_matches_the_predicted_rates(tmp_path):
-    load_example("two_dim_manifold").main(["--quick", "--out", str(tmp_path)])
+    load_example("two_dim_manifold").main(["--quick", "--output-dir", str(tmp_path)])
     rows = {r["method"]: r for r in _outputs(tmp_path, "two_dim_manifold")["rows"]}
     assert rows["plain GD"]["measured rate"] == pytest.approx(0.0, abs=1e-6)
     assert rows["plain GD"]["final trace"] == pytest.approx(rows["plain GD"]["start trace"])
@@ -43,7 +43,7 @@ def test_two_dim_manifold_matches_the_predicted_rates(tmp_path):
 
 
 def test_dimension_speedup_ratio_is_the_dimension(tmp_path):
-    load_example("dimension_speedup").main(["--quick", "--out", str(tmp_path)])
+    load_example("dimension_speedup").main(["--quick", "--output-dir", str(tmp_path)])
     results = _outputs(tmp_path, "dimension_speedup")
     ratios = {r["D"]: r["SA/RS ratio"] for r in results["rows"]}
     assert set(ratios) == {2, 8}
@@ -54,7 +54,7 @@ def test_dimension_speedup_ratio_is_the_dimension(tmp_path):
 
 
 def test_escape_sharp_minimum_lowers_the_trace_at_full_training_accuracy(tmp_path):
-    load_example("escape_sharp_minimum").main(["--quick", "--out", str(tmp_path)])
+    load_example("escape_sharp_minimum").main(["--quick", "--output-dir", str(tmp_path)])
     results = _outputs(tmp_path, "escape_sharp_minimum")
     rows = {r["method"]: r["final"] for r in results["runs"]}
     assert set(rows) == {"plain SGD", "RS (Alg. 1)", "SA (Alg. 2)", "SA + center, antithetic"}
@@ -72,7 +72,7 @@ def test_escape_sharp_minimum_lowers_the_trace_at_full_training_accuracy(tmp_pat
 
 
 def test_compare_optimizers_reports_mean_and_spread(tmp_path):
-    rows, results = load_example("compare_optimizers").main(["--quick", "--out", str(tmp_path)])
+    rows, results = load_example("compare_optimizers").main(["--quick", "--output-dir", str(tmp_path)])
     summary = {r["algorithm"].split(",")[0]: r for r in _outputs(tmp_path, "compare_optimizers")["summary"]}
     # The example runs SA with center and antithetic, labelled as that variant.
     assert set(summary) == {"plain SGD", "SAM", "ASAM", "RS (Alg. 1)", "SA + center"}
@@ -83,7 +83,7 @@ def test_compare_optimizers_reports_mean_and_spread(tmp_path):
 
 
 def test_mnist1d_benchmark_quick_poisoned_start_generalises_worse_and_sa_flattens_it(tmp_path):
-    results = load_example("mnist1d_benchmark").main(["--quick", "--out", str(tmp_path)])
+    results = load_example("mnist1d_benchmark").main(["--quick", "--output-dir", str(tmp_path)])
     _outputs(tmp_path, "mnist1d_benchmark")
     assert set(results["tables"]) == {"baselines", "escape", "from scratch"}
     runs = {(r["experiment"], r["method"]): r for r in results["runs"]}
@@ -129,8 +129,8 @@ def run_cifar10_escape(tmp_path, strategy):
 
     args = ["--strategy", strategy, "--width", "4", "--steps-per-phase", "2",
             "--batch-size", "8", "--eval-batch-size", "8", "--probe-examples", "8",
-            "--probe-batch-size", "8", "--probes", "2", "--eigen-iterations", "3",
-            "--aux-copies", "2", "--out", str(tmp_path)]
+            "--probe-batch-size", "8", "--num-probes", "2", "--eigen-iterations", "3",
+            "--aux-copies", "2", "--output-dir", str(tmp_path)]
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2",
            "TF_ENABLE_ONEDNN_OPTS": "0"}
     done = subprocess.run(

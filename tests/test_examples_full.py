@@ -15,14 +15,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_full_two_dim_manifold(tmp_path):
-    rows = {r["method"]: r for r in load_example("two_dim_manifold").main(["--out", str(tmp_path)])}
+    rows = {r["method"]: r for r in load_example("two_dim_manifold").main(["--output-dir", str(tmp_path)])}
     for name in ("RS (Alg. 1)", "SA (Alg. 2)"):
         assert rows[name]["measured rate"] == pytest.approx(rows[name]["predicted rate"], rel=0.1)
         assert rows[name]["final trace"] == pytest.approx(4.0, rel=0.02)  # The flattest minimum.
 
 
 def test_full_dimension_speedup(tmp_path):
-    rows, finals = load_example("dimension_speedup").main(["--out", str(tmp_path)])
+    rows, finals = load_example("dimension_speedup").main(["--output-dir", str(tmp_path)])
     for row in rows:
         assert row["SA/RS ratio"] == pytest.approx(row["D"], rel=0.3)
     finals = {r["SA examples"]: r["final trace"] for r in finals}
@@ -30,7 +30,7 @@ def test_full_dimension_speedup(tmp_path):
 
 
 def test_full_escape_sharp_minimum(tmp_path):
-    rows, reference = load_example("escape_sharp_minimum").main(["--out", str(tmp_path)])
+    rows, reference = load_example("escape_sharp_minimum").main(["--output-dir", str(tmp_path)])
     rows = {r["method"]: r for r in rows}
     plain, rs, sa = rows["plain SGD"], rows["RS (Alg. 1)"], rows["SA (Alg. 2)"]
     variant = rows["SA + center, antithetic"]
@@ -63,7 +63,7 @@ def test_full_mnist1d_benchmark(tmp_path):
     """Five seeds of every part (~45 min of CPU time)."""
     import numpy as np
 
-    results = load_example("mnist1d_benchmark").main(["--out", str(tmp_path)])
+    results = load_example("mnist1d_benchmark").main(["--output-dir", str(tmp_path)])
     runs = results["runs"]
 
     def finals(experiment, method, key):

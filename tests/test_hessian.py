@@ -99,7 +99,7 @@ def test_hvp_matches_finite_differences_times_vector(method, case):
         bn.moving_variance.assign(np.linspace(0.5, 2.0, 16))
     training = case == "batchnorm_training"
     data = [(x[:40], y[:40]), (x[40:], y[40:])]  # Two unequal batches.
-    op = hessian.HessianOperator(model, data, method=method, training=training)
+    op = hessian.HessianOperator(model, data, hvp_method=method, training=training)
     assert 100 < op.dimension < 1000
     before = [np.array(w) for w in model.weights]
     for seed in range(2):
@@ -108,7 +108,7 @@ def test_hvp_matches_finite_differences_times_vector(method, case):
         got = op.matvec_flat(v).numpy()
         np.testing.assert_allclose(got, expected, atol=1e-5 * np.linalg.norm(expected))
         parts = vector.unflatten(tf.constant(v, tf.float32), model.trainable_variables)
-        as_list = vector.flatten(hessian.hvp(model, data, parts, method=method,
+        as_list = vector.flatten(hessian.hvp(model, data, parts, hvp_method=method,
                                              training=training)).numpy()
         np.testing.assert_allclose(as_list, expected, atol=1e-5 * np.linalg.norm(expected))
     for a, b in zip(before, model.weights):  # Nothing changed, BN stats included.
@@ -183,7 +183,7 @@ def test_hutch_plus_plus_beats_hutchinson_on_a_low_rank_dominated_hessian():
     errors = {"hutchinson": [], "hutch++": []}
     for seed in range(8):
         for method in errors:
-            est = hessian.hessian_trace(op, num_probes=12, method=method, seed=seed)
+            est = hessian.hessian_trace(op, num_probes=12, estimator=method, seed=seed)
             errors[method].append((est.value - exact) ** 2)
     rmse = {m: np.sqrt(np.mean(e)) for m, e in errors.items()}
     assert rmse["hutch++"] < 0.2 * rmse["hutchinson"]
@@ -196,7 +196,7 @@ def test_top_eigenvalues_match_the_exact_ones(method):
     op = hessian.HessianOperator(model, (x, y))
     eigenvalues = np.linalg.eigvalsh(_finite_difference_hessian(model, x, y, l2=0.01))
     k = 3 if method == "lanczos" else 1
-    result = hessian.top_eigenvalues(op, k=k, method=method, max_iterations=300, tol=1e-6)
+    result = hessian.top_eigenvalues(op, num_eigenvalues=k, estimator=method, max_iterations=300, rtol=1e-6)
     expected = eigenvalues[::-1][:k] if method == "lanczos" else \
         eigenvalues[np.argsort(-np.abs(eigenvalues))][:1]
     np.testing.assert_allclose(result.values, expected, rtol=1e-3)
@@ -211,8 +211,8 @@ def test_warm_start_needs_fewer_products():
     x, y = regression_data(n=64, inputs=8, outputs=3)
     model = _compiled_mlp(hidden=16, inputs=8, outputs=3)
     op = hessian.HessianOperator(model, (x, y))
-    cold = hessian.top_eigenvalues(op, k=1, tol=1e-4, max_iterations=200)
-    warm = hessian.top_eigenvalues(op, k=1, tol=1e-4, max_iterations=200,
+    cold = hessian.top_eigenvalues(op, num_eigenvalues=1, rtol=1e-4, max_iterations=200)
+    warm = hessian.top_eigenvalues(op, num_eigenvalues=1, rtol=1e-4, max_iterations=200,
                                    initial_vectors=cold.vectors)
     assert warm.iterations < cold.iterations
     np.testing.assert_allclose(warm.values, cold.values, rtol=1e-3)
@@ -254,7 +254,7 @@ def test_v1_trace_equals_the_closed_form(a, b):
     closed_form = 2 * (a * a + b * b)
     assert np.trace(hessian.exact_hessian(model, data)) == pytest.approx(closed_form, rel=1e-5)
     # In two dimensions Hutch++ with 6 products sketches the whole space: exact.
-    plus = hessian.hessian_trace(model, data, num_probes=6, method="hutch++")
+    plus = hessian.hessian_trace(model, data, num_probes=6, estimator="hutch++")
     assert plus.value == pytest.approx(closed_form, rel=1e-4)
     est = hessian.hessian_trace(model, data, num_probes=400, seed=3)
     assert abs(est.value - closed_form) <= 3 * est.stderr + 1e-6 * closed_form
@@ -268,20 +268,20 @@ def test_bad_input_fails_with_a_clear_error():
     with pytest.raises(ValueError, match=r"`num_probes`.*0"):
         hessian.hessian_trace(model, (x, y), num_probes=0)
     with pytest.raises(ValueError, match=r"`num_probes`.*2"):
-        hessian.hessian_trace(model, (x, y), num_probes=2, method="hutch++")
+        hessian.hessian_trace(model, (x, y), num_probes=2, estimator="hutch++")
     with pytest.raises(ValueError, match=r"`data` is empty"):
         hessian.hessian_trace(model, (x[:0], y[:0]))
     with pytest.raises(ValueError, match=r"`data` is empty"):
         hessian.hessian_trace(model, tf.data.Dataset.from_tensor_slices((x, y)).batch(4).take(0))
-    with pytest.raises(ValueError, match=r"`k`.*0"):
-        hessian.top_eigenvalues(model, (x, y), k=0)
-    with pytest.raises(ValueError, match=r"`method`.*'hutchinsons'"):
-        hessian.hessian_trace(model, (x, y), method="hutchinsons")
-    with pytest.raises(ValueError, match=r"`method`.*'arnoldi'"):
-        hessian.top_eigenvalues(model, (x, y), method="arnoldi")
-    with pytest.raises(ValueError, match=r"`method`.*'finite'"):
+    with pytest.raises(ValueError, match=r"`num_eigenvalues`.*0"):
+        hessian.top_eigenvalues(model, (x, y), num_eigenvalues=0)
+    with pytest.raises(ValueError, match=r"`estimator`.*'hutchinsons'"):
+        hessian.hessian_trace(model, (x, y), estimator="hutchinsons")
+    with pytest.raises(ValueError, match=r"`estimator`.*'arnoldi'"):
+        hessian.top_eigenvalues(model, (x, y), estimator="arnoldi")
+    with pytest.raises(ValueError, match=r"`hvp_method`.*'finite'"):
         hessian.hvp(model, (x, y), [tf.zeros_like(v) for v in model.trainable_variables],
-                    method="finite")
+                    hvp_method="finite")
     unbuilt = keras.Sequential([keras.layers.Dense(2)])
     unbuilt.compile(loss="mse")
     with pytest.raises(ValueError, match=r"`model`.*has not been built"):

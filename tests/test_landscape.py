@@ -53,7 +53,7 @@ def test_interpolation_ends_are_the_two_models_and_nothing_changes():
     x, y = regression_data(n=64)
     a, b = _bn_mlp(0, x), _bn_mlp(7, x)
     before = _state(a, b)
-    line = landscape.interpolate(a, b, (x, y), num=5, extent=(-0.5, 1.5), batch_size=32)
+    line = landscape.interpolate(a, b, (x, y), resolution=5, extent=(-0.5, 1.5), batch_size=32)
     _assert_unchanged(before, a, b)
     assert set(line.metrics) == {"mae"} and line.kind == "interpolation"
     at = {float(alpha): i for i, alpha in enumerate(line.alphas)}
@@ -69,7 +69,7 @@ def test_interpolation_ends_are_the_two_models_and_nothing_changes():
     np.testing.assert_allclose(line.loss[at[0.5]], expected["loss"], rtol=1e-5)
     # Along random directions too, no variable changes.
     before = _state(a)
-    dirs = landscape.random_directions(a, k=2, seed=3)
+    dirs = landscape.random_directions(a, num_directions=2, seed=3)
     landscape.surface_1d(a, (x, y), dirs, resolution=3, metrics=True)
     landscape.surface_2d(a, (x, y), dirs, resolution=3, training=True)
     _assert_unchanged(before, a)
@@ -115,7 +115,7 @@ def test_random_directions_are_filter_normalised():
     model = _layered_model()
     params = landscape.describe_parameters(model)
     weights = [np.array(v) for v in model.trainable_variables]
-    dirs = landscape.random_directions(model, k=2, seed=5)
+    dirs = landscape.random_directions(model, num_directions=2, seed=5)
     assert dirs.vectors.shape == (2, sum(w.size for w in weights))
     kinds = {}
     for row in range(2):
@@ -137,21 +137,21 @@ def test_random_directions_are_filter_normalised():
     np.testing.assert_array_equal(dirs.vectors, landscape.random_directions(model, 2, 5).vectors)
     assert np.abs(dirs.vectors - landscape.random_directions(model, 2, 6).vectors).max() > 0.1
     # Included, each bias or BN vector is one filter with the parameter's norm.
-    full = landscape.random_directions(model, k=1, seed=5, include_biases=True,
+    full = landscape.random_directions(model, num_directions=1, seed=5, include_biases=True,
                                        include_normalization=True)
     for p, w, d in zip(params, weights, full.unflatten(0)):
         if p.kind in ("bias", "normalization"):
             np.testing.assert_allclose(np.linalg.norm(d), np.linalg.norm(w), rtol=1e-6)
-    only_biases = landscape.random_directions(model, k=1, seed=5, include_biases=True)
+    only_biases = landscape.random_directions(model, num_directions=1, seed=5, include_biases=True)
     for p, d in zip(params, only_biases.unflatten(0)):
         if p.kind == "normalization":
             np.testing.assert_array_equal(d, 0.0)
     # Other normalisations: per variable and over the whole included vector.
-    per_variable = landscape.random_directions(model, k=1, seed=5, normalization="variable")
+    per_variable = landscape.random_directions(model, num_directions=1, seed=5, normalization="variable")
     for p, w, d in zip(params, weights, per_variable.unflatten(0)):
         if p.kind in ("weight", "embedding"):
             np.testing.assert_allclose(np.linalg.norm(d), np.linalg.norm(w), rtol=1e-6)
-    whole = landscape.random_directions(model, k=1, seed=5, normalization="model")
+    whole = landscape.random_directions(model, num_directions=1, seed=5, normalization="model")
     included = np.sqrt(sum(np.sum(w.astype(np.float64) ** 2) for p, w in zip(params, weights)
                            if p.kind in ("weight", "embedding")))
     np.testing.assert_allclose(np.linalg.norm(whole.vectors[0].astype(np.float64)), included,
@@ -162,8 +162,8 @@ def test_random_directions_are_filter_normalised():
 
 def test_same_seed_gives_the_same_draw_rescaled_to_each_models_filters():
     a, b = mlp(seed=0), mlp(seed=11)
-    da = landscape.random_directions(a, k=1, seed=2).unflatten(0)[0]
-    db = landscape.random_directions(b, k=1, seed=2).unflatten(0)[0]
+    da = landscape.random_directions(a, num_directions=1, seed=2).unflatten(0)[0]
+    db = landscape.random_directions(b, num_directions=1, seed=2).unflatten(0)[0]
     na = _filter_norms(np.array(a.trainable_variables[0]), (0,))
     nb = _filter_norms(np.array(b.trainable_variables[0]), (0,))
     np.testing.assert_allclose(da / na, db / nb, rtol=1e-5, atol=1e-7)
@@ -205,7 +205,7 @@ def test_curvature_along_the_top_eigenvector_is_the_top_eigenvalue_on_v1(a0, b0)
     # Closed-form Hessian of (ab - 1)^2.
     hessian = 2.0 * np.array([[b0 ** 2, 2 * a0 * b0 - 1], [2 * a0 * b0 - 1, a0 ** 2]])
     top = np.linalg.eigvalsh(hessian)[-1]
-    dirs = landscape.eigen_directions(model, data, k=1, max_iterations=10)
+    dirs = landscape.eigen_directions(model, data, num_directions=1, max_iterations=10)
     np.testing.assert_allclose(dirs.values[0], top, rtol=1e-4)
     line = landscape.surface_1d(model, data, dirs, extent=0.2, resolution=21)
     # The loss along a line is a quartic in alpha; its exact fit gives f''(0).
@@ -267,7 +267,7 @@ def test_plots_and_csv_files(tmp_path):
     x, y = regression_data(n=32)
     model = mlp()
     model.compile(loss="mse", metrics=["mae"])
-    dirs = landscape.random_directions(model, k=2, seed=0)
+    dirs = landscape.random_directions(model, num_directions=2, seed=0)
     line = landscape.surface_1d(model, (x, y), dirs, resolution=5, metrics=True)
     plane = landscape.surface_2d(model, (x, y), dirs, resolution=(4, 3))
     paths = [tmp_path / "line.png", tmp_path / "plane.png"]
@@ -293,7 +293,7 @@ def test_bad_arguments_are_named():
     x, y = regression_data(n=16)
     model = mlp()
     model.compile(loss="mse")
-    dirs = landscape.random_directions(model, k=2)
+    dirs = landscape.random_directions(model, num_directions=2)
     with pytest.raises(ValueError, match="`directions`.*37"):
         landscape.surface_2d(model, (x, y), np.zeros((2, 5)))
     with pytest.raises(ValueError, match="`directions`.*at least 2"):
@@ -304,8 +304,8 @@ def test_bad_arguments_are_named():
         landscape.surface_2d(model, (x, y), dirs, resolution=1)
     with pytest.raises(ValueError, match="`data`"):
         landscape.surface_1d(model, None, dirs)
-    with pytest.raises(ValueError, match="`k`"):
-        landscape.random_directions(model, k=0)
+    with pytest.raises(ValueError, match="`num_directions`"):
+        landscape.random_directions(model, num_directions=0)
     with pytest.raises(ValueError, match="`trajectory`"):
         landscape.trajectory_pca(model, (x, y), np.zeros((2, 37)))
 
@@ -323,7 +323,7 @@ def test_surfaces_are_the_same_under_a_mirrored_strategy():
         mirrored = mlp(batchnorm=True)
         mirrored.compile(loss="mse", metrics=["mae"])
     mirrored.set_weights(plain.get_weights())
-    dirs = landscape.random_directions(plain, k=2, seed=1)
+    dirs = landscape.random_directions(plain, num_directions=2, seed=1)
     expected = landscape.surface_2d(plain, (x, y), dirs, resolution=(5, 3), metrics=True,
                                     batch_size=16)
     before = _state(mirrored)

@@ -34,7 +34,7 @@ def saved(tmp_path):
 def test_landscape_writes_plots_and_values_at_the_models_loss(saved, tmp_path, capsys):
     path, data, model, x, y = saved
     out = str(tmp_path / "out")
-    assert cli.main(["landscape", path, "--data", data, "--out", out, "--resolution", "5",
+    assert cli.main(["landscape", path, "--data", data, "--output-dir", out, "--resolution", "5",
                      "--resolution-1d", "7", "--directions", "eigen"]) == 0
     printed = capsys.readouterr().out
     for name in ("landscape_1d.png", "landscape_2d.png"):
@@ -74,7 +74,7 @@ def test_landscape_errors_name_the_argument_and_value(saved, tmp_path, capsys):
     mlp().save(uncompiled)
     assert "--loss" in error(uncompiled, "--data", data)
     # --loss compiles a model saved without one.
-    assert cli.main(["landscape", uncompiled, "--data", data, "--loss", "mse", "--out",
+    assert cli.main(["landscape", uncompiled, "--data", data, "--loss", "mse", "--output-dir",
                      str(tmp_path / "u"), "--resolution", "2", "--resolution-1d", "2"]) == 0
 
 
@@ -107,7 +107,7 @@ def test_landscape_of_a_model_with_two_inputs_and_two_outputs(two_inputs_two_out
     for name, (arrays, keys) in files.items():
         data, out = str(tmp_path / f"{name}.npz"), str(tmp_path / name)
         np.savez(data, **arrays)
-        assert cli.main(["landscape", path, "--data", data, "--out", out, "--resolution", "3",
+        assert cli.main(["landscape", path, "--data", data, "--output-dir", out, "--resolution", "3",
                          "--resolution-1d", "3", *keys]) == 0
         planes.append(_rows(os.path.join(out, "landscape_2d.csv")))
     assert planes[0] == planes[1] == planes[2]

@@ -46,7 +46,7 @@ def test_mean_squared_error_by_any_name_has_the_closed_form_hessian(loss):
     np.testing.assert_allclose(hessian.exact_hessian(model, (x, y), loss=loss), expected,
                                rtol=1e-5, atol=1e-6)
     # Hutch++ with 3d products sketches the whole space: the trace is exact.
-    est = hessian.hessian_trace(model, (x, y), num_probes=12, method="hutch++", loss=loss)
+    est = hessian.hessian_trace(model, (x, y), num_probes=12, estimator="hutch++", loss=loss)
     assert est.value == pytest.approx(np.trace(expected), rel=1e-5)
 
 
@@ -74,7 +74,7 @@ def test_a_callback_measures_the_named_loss_instead_of_the_compiled_one():
     model = _linear()
     model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mae")  # Weights stay put.
     x, y = _data()
-    trace = callbacks.HessianTrace((x, y), loss="mse", method="hutch++", num_probes=12,
+    trace = callbacks.HessianTrace((x, y), loss="mse", estimator="hutch++", num_probes=12,
                                    batch_size=32)
     history = model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[trace])
     expected = np.trace(_mse_hessian(x))  # MAE's Hessian would be zero almost everywhere.

@@ -89,7 +89,7 @@ def _measure(kind, model, data, steps=1):
     if kind == "hessian_trace":
         return np.array([hessian.hessian_trace(model, data, num_probes=2).value])
     if kind == "top_eigenvalues":
-        return hessian.top_eigenvalues(model, data, k=1, max_iterations=steps).values
+        return hessian.top_eigenvalues(model, data, num_eigenvalues=1, max_iterations=steps).values
     if kind == "spectral_density":
         return np.sort(hessian.spectral_density(model, data, num_probes=1, num_steps=steps,
                                                 grid_size=8).nodes[0])
@@ -103,7 +103,7 @@ def _measure(kind, model, data, steps=1):
     if kind == "surface_2d":
         return landscape.surface_2d(model, data, np.eye(INPUTS)[:2], resolution=3).loss
     if kind == "interpolate":
-        return landscape.interpolate(model, _linear(), data, num=3).loss
+        return landscape.interpolate(model, _linear(), data, resolution=3).loss
     raise ValueError(kind)
 
 
@@ -178,7 +178,7 @@ def test_interpolation_to_a_new_model_reuses_the_function_and_measures_it():
     model, data = _linear(), _orthogonal_data([1.0, 2.0, 3.0, 4.0])
     x, y = (np.asarray(t, np.float64) for t in data)
     w = np.asarray(model.trainable_variables[0], np.float64).ravel()
-    landscape.interpolate(model, _linear(), data, num=3)
+    landscape.interpolate(model, _linear(), data, resolution=3)
     traced = _calls(model)
     other = _linear()
     line = landscape.interpolate(model, other, data, alphas=[0.5, 1.0])
@@ -207,7 +207,7 @@ def test_freezing_a_layer_measures_the_new_trainable_set():
     full = hessian.hessian_trace(model, (x, y), num_probes=2)
     assert full.dimension == INPUTS * 3 + 3
     model.layers[1].trainable = False
-    frozen = hessian.hessian_trace(model, (x, y), num_probes=9, method="hutch++")
+    frozen = hessian.hessian_trace(model, (x, y), num_probes=9, estimator="hutch++")
     z = np.asarray(x, np.float64) @ np.asarray(model.layers[1].kernel, np.float64)
     assert frozen.dimension == 3
     # With the first layer fixed the model is linear in the second: H = 2 ZᵀZ / n.
@@ -258,7 +258,7 @@ def test_three_callbacks_in_one_fit_trace_each_function_once(retracing_warnings)
     flatness = [
         callbacks.HessianTrace(probe, num_probes=4, batch_size=16),
         callbacks.TopEigenvalue(probe, max_iterations=4, batch_size=16),
-        callbacks.SpectralDensity(probe, num_probes=1, num_steps=4, batch_size=16),
+        callbacks.HessianSpectrum(probe, num_probes=1, num_steps=4, batch_size=16),
     ]
     model.fit(x, y, batch_size=16, epochs=3, verbose=0,
               callbacks=[Count("before"), *flatness, Count("after")])
@@ -282,7 +282,7 @@ def test_callbacks_measure_over_a_layer_frozen_during_training():
         def on_epoch_end(self, epoch, logs=None):
             model.layers[1].trainable = False
 
-    trace = callbacks.HessianTrace((x, y), num_probes=9, method="hutch++", batch_size=32)
+    trace = callbacks.HessianTrace((x, y), num_probes=9, estimator="hutch++", batch_size=32)
     top = callbacks.TopEigenvalue((x, y), max_iterations=3, batch_size=32)
     history = model.fit(x, y, batch_size=32, epochs=2, verbose=0,
                         callbacks=[trace, top, Freeze()]).history

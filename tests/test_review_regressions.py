@@ -76,10 +76,10 @@ def test_lanczos_returns_when_the_krylov_space_is_exhausted():
     x = np.eye(3, dtype="float32") * np.sqrt(3.0)
     y = np.zeros((3, 1), "float32")
     # H = 2 XᵀX / n = 2 I: every start vector is an eigenvector.
-    result = hessian.top_eigenvalues(model, (x, y), k=2)
+    result = hessian.top_eigenvalues(model, (x, y), num_eigenvalues=2)
     assert result.converged
     np.testing.assert_allclose(result.values[0], 2.0, rtol=1e-5)
-    plus = hessian.hessian_trace(model, (x, y), num_probes=30, method="hutch++")
+    plus = hessian.hessian_trace(model, (x, y), num_probes=30, estimator="hutch++")
     assert plus.value == pytest.approx(6.0, rel=1e-4)  # Sketch clamped to d = 3.
 
 

@@ -59,7 +59,7 @@ def test_layernorm_hessian_vanishes_where_the_loss_is_flat(method):
     reference = zoo.finite_difference_hessian(grad, w)
     scale = np.abs(reference).max()
     assert np.abs(reference @ u).max() < 1e-8 * scale  # The direction is null.
-    op = hessian.HessianOperator(model, (x, y), method=method)
+    op = hessian.HessianOperator(model, (x, y), hvp_method=method)
     assert np.abs(op.matvec_flat(u).numpy()).max() < 1e-10 * scale
     full = hessian.exact_hessian(model, (x, y))
     np.testing.assert_allclose(full, reference, atol=1e-7 * scale)
@@ -199,12 +199,12 @@ def test_an_explicit_method_that_fails_says_so_and_auto_uses_the_other():
     x, y = rng.normal(size=(8, 5, 2)), rng.normal(size=(8, 3))
     v = rng.normal(size=sum(int(np.prod(w.shape)) for w in model.trainable_variables))
     with pytest.raises(ValueError, match=r"method='forward_over_backward' failed on model "
-                                         r".*Try method='double_backward'"):
-        hessian.hvp(model, (x, y), v, method="forward_over_backward")
+                                         r".*Try hvp_method='double_backward'"):
+        hessian.hvp(model, (x, y), v, hvp_method="forward_over_backward")
     grad = zoo.gradient_function([(None, loss, 1.0)], model, x, y, training=False)
     reference = zoo.finite_difference_hvp(grad, zoo.weights_of(model), v)
     for method in ("auto", "double_backward"):
-        got = hessian.hvp(model, (x, y), v, method=method)
+        got = hessian.hvp(model, (x, y), v, hvp_method=method)
         np.testing.assert_allclose(got, reference, atol=1e-7 * np.abs(reference).max())
     op = hessian.HessianOperator(model, (x, y))
     estimate = hessian.hessian_trace(op, num_probes=4)  # Default arguments work.

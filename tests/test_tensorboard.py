@@ -37,7 +37,7 @@ def test_scalars_and_the_spectrum_histogram_are_read_back(tmp_path):
                                    hvp_method="double_backward")
     top = callbacks.TopEigenvalue((x, y), every_n_epochs=2, log_dir=log_dir,
                                   hvp_method="double_backward")
-    spectrum = callbacks.SpectralDensity((x, y), num_probes=2, num_steps=d, buckets=16,
+    spectrum = callbacks.HessianSpectrum((x, y), num_probes=2, num_steps=d, buckets=16,
                                          log_dir=log_dir, hvp_method="double_backward")
     history = model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0,
                         callbacks=[trace, top, spectrum]).history
@@ -82,4 +82,4 @@ def test_log_dir_must_be_a_path():
     with pytest.raises(TypeError, match="`log_dir`.*3"):
         callbacks.HessianTrace((x, y), log_dir=3)
     with pytest.raises(ValueError, match="`buckets`"):
-        callbacks.SpectralDensity((x, y), buckets=0)
+        callbacks.HessianSpectrum((x, y), buckets=0)

@@ -50,16 +50,16 @@ def test_every_measurement_matches_finite_differences(name):
     for method in hessian.HVP_METHODS:
         if method == "forward_over_backward" and name in RECURRENT:
             with pytest.raises(ValueError, match=r"method='forward_over_backward' failed.*"
-                                                 r"Try method='double_backward'"):
-                hessian.hvp(model, data, v, method=method)
+                                                 r"Try hvp_method='double_backward'"):
+                hessian.hvp(model, data, v, hvp_method=method)
             continue
-        _assert_close(hessian.hvp(model, data, v, method=method), reference @ v,
+        _assert_close(hessian.hvp(model, data, v, hvp_method=method), reference @ v,
                       np.abs(reference @ v).max())
 
     op = hessian.HessianOperator(model, data)  # method="auto"
     trace = hessian.hessian_trace(op, num_probes=32, seed=1)
     assert abs(trace.value - np.trace(reference)) <= 3 * trace.stderr
-    top = hessian.top_eigenvalues(op, k=1, tol=1e-6, max_iterations=200)
+    top = hessian.top_eigenvalues(op, num_eigenvalues=1, rtol=1e-6, max_iterations=200)
     assert top.values[0] == pytest.approx(np.linalg.eigvalsh(reference)[-1], rel=1e-3)
     if name in RECURRENT:  # "auto" set forward-over-backward aside and measured anyway.
         assert op.method == "double_backward"
@@ -87,7 +87,7 @@ def test_hessian_vanishes_along_a_normalization_null_direction(case):
     scale = np.abs(reference_v).max()
     assert np.abs(zoo.finite_difference_hvp(grad, w, u)).max() < 1e-7 * scale  # truly null
     for method in hessian.HVP_METHODS:
-        op = hessian.HessianOperator(model, data, method=method, training=training)
+        op = hessian.HessianOperator(model, data, hvp_method=method, training=training)
         assert np.abs(op.matvec_flat(u).numpy()).max() < 1e-9 * scale, method
         _assert_close(op.matvec_flat(v).numpy(), reference_v, scale)
 
@@ -97,7 +97,7 @@ def test_batchnorm_in_training_mode_matches_finite_differences(method):
     model, data, grad, w = _setup("resnet_block", training=True)
     v = np.random.default_rng(2).normal(size=sum(p.size for p in w))
     reference = zoo.finite_difference_hvp(grad, w, v)
-    got = hessian.hvp(model, data, v, method=method, training=True)
+    got = hessian.hvp(model, data, v, hvp_method=method, training=True)
     _assert_close(got, reference, np.abs(reference).max())
 
 
@@ -108,7 +108,7 @@ def test_mobilenet_products_match_finite_differences(training):
     v = np.random.default_rng(3).normal(size=sum(p.size for p in w))
     reference = zoo.finite_difference_hvp(grad, w, v, step=1e-7)
     for method in hessian.HVP_METHODS:
-        got = hessian.hvp(model, data, v, method=method, training=training)
+        got = hessian.hvp(model, data, v, hvp_method=method, training=training)
         _assert_close(got, reference, np.abs(reference).max(), rtol=1e-5)
 
 
@@ -123,7 +123,7 @@ def test_callbacks_log_the_finite_difference_trace_and_top_eigenvalue(name):
     x, y = zoo_model.data(32, seed=5)
     probe = zoo_model.data(16, seed=6)
     trace = callbacks.HessianTrace(probe, num_probes=16, batch_size=8)
-    top = callbacks.TopEigenvalue(probe, k=1, batch_size=8, tol=1e-5, max_iterations=100)
+    top = callbacks.TopEigenvalue(probe, num_eigenvalues=1, batch_size=8, rtol=1e-5, max_iterations=100)
     logs = model.fit(x, y, batch_size=16, epochs=1, verbose=0,
                      callbacks=[trace, top]).history
     for key in ("hessian_trace", "hessian_trace_stderr", "top_eigenvalue"):

@@ -11,9 +11,9 @@ every accepted one.
 import difflib
 import functools
 import inspect
-import warnings
 
 from keras_flat.algorithms import registry
+from keras_flat.utils import deprecation
 
 # Arguments that mean the same thing in different rules or papers, with what
 # they are. A rule given one it does not take is pointed to the one it does.
@@ -90,12 +90,9 @@ def translate(cls, kwargs, warn=True):
         translated = new(value) if callable(new) else {new: value}
         both = [key for key in translated if key in out]
         if both:
-            raise TypeError(
-                f"{rule(cls)} got the deprecated `{old}` and its replacement `{both[0]}`; "
-                f"give only `{both[0]}`. Received: {old}={value!r}, {both[0]}={out[both[0]]!r}."
-            )
+            raise deprecation.both_given(rule(cls), old, both[0])
         if warn:
-            deprecated(old, "`, `".join(translated), stacklevel=4)
+            deprecation.warn_renamed(old, "`, `".join(translated))
         out.update(translated)
     return out
 
@@ -196,19 +193,3 @@ def rule(cls):
     """`cls`'s name, with its registered name if it has one: `RWP ("rwp")`."""
     entry = registry.by_class(cls)
     return f'{cls.__name__} ("{entry.name}")' if entry else cls.__name__
-
-
-def deprecated(old, new, meaning="", stacklevel=3):
-    """Warns that argument `old` is deprecated in favour of `new`.
-
-    Args:
-        old: The deprecated argument's name.
-        new: The argument to use instead.
-        meaning: How the old value translates, e.g. `"perturbed_weight = 1 - alpha"`.
-        stacklevel: As `warnings.warn`'s.
-    """
-    warnings.warn(
-        f"Argument `{old}` is deprecated and will be removed in the next release; use "
-        f"`{new}` instead" + (f" ({meaning})" if meaning else "") + ".",
-        DeprecationWarning, stacklevel=stacklevel,
-    )

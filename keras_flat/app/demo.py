@@ -7,6 +7,7 @@ minima each algorithm found and a plot of trace and test accuracy per epoch.
 """
 
 import dataclasses
+import inspect
 import os
 import time
 
@@ -17,6 +18,7 @@ from keras_flat import algorithms
 from keras_flat import callbacks as flat_callbacks
 from keras_flat.app import datasets
 from keras_flat.training.model import FlatMinimaModel
+from keras_flat.utils.deprecation import renamed_arguments
 
 LOSSES = ("mse", "crossentropy")
 
@@ -65,7 +67,12 @@ def build_mlp(input_shape, num_classes, hidden=64, seed=0):
 
 
 def make_algorithm(name, rho=None, sa_paper_rule=False, **kwargs):
-    """A registered algorithm by name, with the registry's demo defaults.
+    """A registered algorithm by name, with the demo's settings.
+
+    The demo's settings are the registry's `defaults` of the rule (a
+    radius suited to the demo's model) and, for SA, `center=True,
+    antithetic=True`; `demo_settings` lists those that differ from the
+    class's own defaults.
 
     `rho` (or `sigma` for the random-weight rules) overrides the default
     radius when given. SA is centered and antithetic unless
@@ -94,6 +101,69 @@ def default_radius(name):
     return None if key is None else algorithms.registry.entry(name).defaults[key]
 
 
+def class_default(name, argument):
+    """The default of `argument` in the class of registered rule `name` (or None)."""
+    parameter = inspect.signature(algorithms.registry.entry(name).cls).parameters.get(argument)
+    if parameter is None or parameter.default is inspect.Parameter.empty:
+        return None
+    return parameter.default
+
+
+def _demo_arguments(name, sa_paper_rule=False):
+    """The arguments the demo gives rule `name` by default."""
+    arguments = dict(algorithms.registry.entry(name).defaults)
+    if algorithms.registry.entry(name).name == "sa" and not sa_paper_rule:
+        arguments.update(center=True, antithetic=True)
+    return arguments
+
+
+def describe_default(name, argument):
+    """The demo's default of a rule's argument, for `--help`, labelled if it is not the class's.
+
+    Example: `"2.0 (a demo setting; RandomSmoothing's own default is 0.05)"`.
+    """
+    value = _demo_arguments(name).get(argument)
+    own = class_default(name, argument)
+    if value == own:
+        return f"{value}"
+    cls = algorithms.registry.entry(name).cls.__name__
+    return f"{value} (a demo setting; {cls}'s own default is {own})"
+
+
+def demo_settings(names, overrides=None, sa_paper_rule=False):
+    """A line naming the demo's settings that differ from the classes' own defaults.
+
+    The demo runs each rule with the registry's demo defaults (a radius
+    suited to the demo's small model) rather than the class's; this says
+    which and by how much, so a reader does not take the demo's numbers for
+    those of `SharpnessAware()` or `RandomSmoothing()` as constructed.
+
+    Args:
+        names: The registered names the demo runs.
+        overrides: `{name: radius or None}` given by the user (not noted).
+        sa_paper_rule: Whether SA runs as the paper's Algorithm 2.
+
+    Returns:
+        A sentence, or "" when every setting is the class's default.
+    """
+    overrides = overrides or {}
+    parts = []
+    for name in dict.fromkeys(algorithms.registry.entry(n).name for n in names):
+        entry = algorithms.registry.entry(name)
+        radius = radius_argument(name)
+        changed = [
+            f"{key}={value} (class default {class_default(name, key)})"
+            for key, value in _demo_arguments(name, sa_paper_rule).items()
+            if value != class_default(name, key)
+            and not (key == radius and overrides.get(name) is not None)
+        ]
+        if changed:
+            parts.append(f"{entry.cls.__name__}: {', '.join(changed)}")
+    if not parts:
+        return ""
+    return ("Demo settings, not the classes' own defaults: " + "; ".join(parts) + ".")
+
+
 def _loss_and_targets(loss, data):
     """The compiled loss, accuracy metric and (train, test) targets."""
     if loss == "mse":
@@ -109,12 +179,15 @@ def _loss_and_targets(loss, data):
     raise ValueError(f"Argument `loss` must be one of {list(LOSSES)}. Received: loss={loss!r}.")
 
 
-def run_one(data, algorithm, epochs, batch_size, learning_rate, seed, probe_size=256,
+@renamed_arguments(probe_size="probe_examples")
+def run_one(data, algorithm, epochs, batch_size, learning_rate, seed, probe_examples=256,
             num_probes=16, hidden=64, verbose=1, initial_weights=None, model_fn=None,
             loss="mse", momentum=0.9, keep_model=False):
     """Trains one model with one algorithm and measures its flatness per epoch.
 
-    With `keep_model=True` the trained model is kept in the result's `model`.
+    The flatness is measured on the first `probe_examples` training
+    examples. With `keep_model=True` the trained model is kept in the
+    result's `model`.
     """
     keras.utils.set_random_seed(seed)
     build = model_fn or (lambda: build_mlp(data.input_shape, data.num_classes, hidden, seed))
@@ -127,11 +200,11 @@ def run_one(data, algorithm, epochs, batch_size, learning_rate, seed, probe_size
         optimizer=keras.optimizers.SGD(learning_rate, momentum=momentum),
         loss=loss_fn, metrics=[metric],
     )
-    probe = (data.x_train[:probe_size], y_train[:probe_size])
-    trace = flat_callbacks.HessianTrace(probe, num_probes=num_probes, batch_size=probe_size,
+    probe = (data.x_train[:probe_examples], y_train[:probe_examples])
+    trace = flat_callbacks.HessianTrace(probe, num_probes=num_probes, batch_size=probe_examples,
                                         num_batches=1, seed=seed)
-    top = flat_callbacks.TopEigenvalue(probe, k=1, batch_size=probe_size, num_batches=1,
-                                       max_iterations=40, seed=seed)
+    top = flat_callbacks.TopEigenvalue(probe, num_eigenvalues=1, batch_size=probe_examples,
+                                       num_batches=1, max_iterations=40, seed=seed)
     timer = StepTimer()
     history = model.fit(
         data.x_train, y_train, batch_size=batch_size, epochs=epochs,
@@ -157,8 +230,9 @@ def display_name(algorithm):
     return algorithms.label(algorithm)
 
 
+@renamed_arguments(probe_size="probe_examples")
 def compare(dataset="digits", names=("none", "sam", "rs", "sa"), epochs=30, batch_size=32,
-            learning_rate=0.05, seeds=(0,), rhos=None, num_probes=16, probe_size=256,
+            learning_rate=0.05, seeds=(0,), rhos=None, num_probes=16, probe_examples=256,
             hidden=64, verbose=1, log=print, loss="mse", sa_paper_rule=False,
             keep_models=False):
     """Runs every algorithm under the same budget, for every seed.
@@ -176,7 +250,7 @@ def compare(dataset="digits", names=("none", "sam", "rs", "sa"), epochs=30, batc
             log(f"--- {algorithms.registry.entry(name).label}, seed {seed} ---")
             algorithm = make_algorithm(name, rhos.get(name), sa_paper_rule=sa_paper_rule)
             results.append(run_one(data, algorithm, epochs, batch_size, learning_rate, seed,
-                                   probe_size, num_probes, hidden, verbose, loss=loss,
+                                   probe_examples, num_probes, hidden, verbose, loss=loss,
                                    keep_model=keep_models))
     return results
 
@@ -248,15 +322,16 @@ def plot(results, path, title="keras-flat demo"):
     return path
 
 
-def plot_landscapes(results, data, names, output_dir, loss="mse", probe_size=512, seed=0,
+@renamed_arguments(probe_size="probe_examples")
+def plot_landscapes(results, data, names, output_dir, loss="mse", probe_examples=512, seed=0,
                     log=print):
     """Each run's minimum along the same random directions, on one scale.
 
     Writes `landscape.png` (a 1D panel and one contour per algorithm) and
     CSV files of the values into `output_dir`, and logs a table of the
     loss at each minimum, at the ends of the 1D line and its highest value
-    on the plane; the loss is the training loss on the first `probe_size`
-    training examples. `results` must hold their models
+    on the plane; the loss is the training loss on the first
+    `probe_examples` training examples. `results` must hold their models
     (`compare(..., keep_models=True)`).
 
     Returns:
@@ -265,7 +340,7 @@ def plot_landscapes(results, data, names, output_dir, loss="mse", probe_size=512
     from keras_flat.landscape import compare_minima
 
     _, _, y_train, _ = _loss_and_targets(loss, data)
-    probe = (data.x_train[:probe_size], y_train[:probe_size])
+    probe = (data.x_train[:probe_examples], y_train[:probe_examples])
     labels = [algorithms.registry.entry(name).label for name in names]
     lines, planes, _, paths = compare_minima(
         [r.model for r in results], probe, labels, output_dir=output_dir, seed=seed,

@@ -4,6 +4,10 @@ import os
 
 import numpy as np
 
+from keras_flat.app.cli_arguments import add_renamed_flag
+from keras_flat.app.cli_arguments import int_at_least
+from keras_flat.app.cli_arguments import positive_float
+
 DIRECTION_CHOICES = ("random", "eigen")
 
 
@@ -22,17 +26,19 @@ def add_arguments(parser):
                         help="'random': filter-normalised random directions (Li et al. 2018); "
                              "'eigen': the top two Hessian eigenvectors (unit length, so the "
                              "axes are distances). Default: random.")
-    parser.add_argument("--out", default="keras_flat_landscape", metavar="DIR",
-                        help="Output directory. Default: ./keras_flat_landscape.")
-    parser.add_argument("--extent", type=_positive_float, default=1.0,
+    parser.add_argument("--output-dir", default="keras_flat_landscape", metavar="DIR",
+                        help="Where to write the plots and CSV files. "
+                             "Default: ./keras_flat_landscape.")
+    add_renamed_flag(parser, "--out", "--output-dir")
+    parser.add_argument("--extent", type=positive_float, default=1.0,
                         help="Largest coefficient along each direction. Default: 1.0.")
-    parser.add_argument("--resolution", type=_int_at_least(2), default=21,
+    parser.add_argument("--resolution", type=int_at_least(2), default=21,
                         help="Points per axis of the 2D surface. Default: 21.")
-    parser.add_argument("--resolution-1d", type=_int_at_least(2), default=51,
+    parser.add_argument("--resolution-1d", type=int_at_least(2), default=51,
                         help="Points of the 1D surface. Default: 51.")
-    parser.add_argument("--max-examples", type=_int_at_least(1), default=1024,
+    parser.add_argument("--max-examples", type=int_at_least(1), default=1024,
                         help="Use the first this many examples of the data. Default: 1024.")
-    parser.add_argument("--batch-size", type=_int_at_least(1), default=256,
+    parser.add_argument("--batch-size", type=int_at_least(1), default=256,
                         help="Examples per batch of the evaluation. Default: 256.")
     parser.add_argument("--x-key", action="append", metavar="KEY",
                         help="Name of the inputs in the .npz; repeat it once per input of a "
@@ -45,7 +51,7 @@ def add_arguments(parser):
     parser.add_argument("--loss", default=None,
                         help="A Keras loss name (e.g. mse) for a model saved without a "
                              "compiled loss.")
-    parser.add_argument("--seed", type=_int_at_least(0), default=0,
+    parser.add_argument("--seed", type=int_at_least(0), default=0,
                         help="Seed of the random directions (and of Lanczos). Default: 0.")
     parser.add_argument("--include-biases", action="store_true",
                         help="Random directions also move biases (zero by default).")
@@ -59,34 +65,6 @@ def add_arguments(parser):
                         help="Also compute the compiled metrics (columns of the CSV files).")
     parser.add_argument("--log-scale", action="store_true",
                         help="Logarithmic loss axis and contour levels.")
-
-
-def _positive_float(text):
-    import argparse
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
-    if not (np.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return value
-
-
-def _int_at_least(minimum):
-    import argparse
-
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"must be an integer >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}")
-        return value
-
-    return parse
 
 
 def load_inputs(args, parser):
@@ -207,27 +185,27 @@ def run(args, parser):
     evaluator = landscape.Evaluator(model, data, metrics=args.metrics, **options)
     if args.directions == "random":
         directions = landscape.random_directions(
-            model, k=2, seed=args.seed, include_biases=args.include_biases,
+            model, num_directions=2, seed=args.seed, include_biases=args.include_biases,
             include_normalization=args.include_normalization)
     else:
-        directions = landscape.eigen_directions(model, data, k=2, seed=args.seed,
+        directions = landscape.eigen_directions(model, data, num_directions=2, seed=args.seed,
                                                 max_iterations=100, **options)
     line = landscape.surface_1d(evaluator, None, directions, extent=args.extent,
                                 resolution=args.resolution_1d)
     plane = landscape.surface_2d(evaluator, None, directions, extent=args.extent,
                                  resolution=args.resolution)
-    os.makedirs(args.out, exist_ok=True)
+    os.makedirs(args.output_dir, exist_ok=True)
     name = os.path.splitext(os.path.basename(args.model))[0]
     paths = [
-        line.to_csv(os.path.join(args.out, "landscape_1d.csv")),
-        plane.to_csv(os.path.join(args.out, "landscape_2d.csv")),
+        line.to_csv(os.path.join(args.output_dir, "landscape_1d.csv")),
+        plane.to_csv(os.path.join(args.output_dir, "landscape_2d.csv")),
     ]
-    landscape.plot_1d(line, os.path.join(args.out, "landscape_1d.png"), log_scale=args.log_scale,
-                      title=f"{name}: {args.directions} direction")
-    landscape.plot_contour(plane, os.path.join(args.out, "landscape_2d.png"),
+    landscape.plot_1d(line, os.path.join(args.output_dir, "landscape_1d.png"),
+                      log_scale=args.log_scale, title=f"{name}: {args.directions} direction")
+    landscape.plot_contour(plane, os.path.join(args.output_dir, "landscape_2d.png"),
                            log_scale=args.log_scale, title=f"{name}: {args.directions} directions")
-    paths += [os.path.join(args.out, "landscape_1d.png"),
-              os.path.join(args.out, "landscape_2d.png")]
+    paths += [os.path.join(args.output_dir, "landscape_1d.png"),
+              os.path.join(args.output_dir, "landscape_2d.png")]
     centre = float(plane.loss[np.argmin(np.abs(plane.betas)), np.argmin(np.abs(plane.alphas))])
     examples = len(keras.tree.flatten(data[0])[0])
     print(f"Loss at the weights: {centre:.6g} on {examples} examples; "

@@ -25,7 +25,7 @@ differentiate twice raises `NotTwiceDifferentiableError` naming the layer.
 Repeated measurements on the same model trace once: the compiled functions
 take the data as arguments and are kept per model and options (loss,
 `training`, HVP method, `jit_compile`, trainable variables), so a call on
-new data of the same shapes and dtypes reuses them, and `method="auto"`
+new data of the same shapes and dtypes reuses them, and `hvp_method="auto"`
 times the two HVP methods once. Freezing a layer or recompiling the model
 gives new functions. A `HessianOperator` passed as `model` also fixes the
 data (its batches are taken from `data` once).
@@ -54,11 +54,13 @@ from keras_flat.hessian.trace import TraceEstimate
 from keras_flat.hessian.trace import hutch_plus_plus
 from keras_flat.hessian.trace import hutchinson
 from keras_flat.utils import vector
+from keras_flat.utils.deprecation import rename_keywords
+from keras_flat.utils.deprecation import renamed_arguments
 from keras_flat.utils.validation import check_bool
 from keras_flat.utils.validation import check_choice
 from keras_flat.utils.validation import check_count
 
-_OPERATOR_ARGS = ("loss", "training", "method", "batch_size", "num_batches", "jit_compile")
+_OPERATOR_ARGS = ("loss", "training", "hvp_method", "batch_size", "num_batches", "jit_compile")
 
 
 def operator_for(model, data=None, **kwargs):
@@ -66,7 +68,7 @@ def operator_for(model, data=None, **kwargs):
     if isinstance(model, HessianOperator):
         given = {k: v for k, v in kwargs.items()
                  if v is not None and not (k == "training" and v is False)
-                 and not (k == "method" and v == "auto")}
+                 and not (k == "hvp_method" and v == "auto")}
         if data is not None or given:
             raise ValueError(
                 "A HessianOperator already fixes its data and options; pass it "
@@ -78,7 +80,8 @@ def operator_for(model, data=None, **kwargs):
     return HessianOperator(model, data, **kwargs)
 
 
-def hvp(model, data, vectors, *, loss=None, training=False, method="auto",
+@renamed_arguments(method="hvp_method")
+def hvp(model, data, vectors, *, loss=None, training=False, hvp_method="auto",
         batch_size=None, num_batches=None):
     """Hessian-vector product of the training loss, averaged over `data`.
 
@@ -92,7 +95,8 @@ def hvp(model, data, vectors, *, loss=None, training=False, method="auto",
             one): a name such as `"mse"`, a `keras.losses.Loss`, or a
             callable `loss(y_true, y_pred)`.
         training: Layers in training mode (BatchNorm batch statistics).
-        method: `"forward_over_backward"`, `"double_backward"` or `"auto"`.
+        hvp_method: How the products are computed: `"forward_over_backward"`,
+            `"double_backward"` or `"auto"` (see `HessianOperator`).
         batch_size: Split array data into batches of this size.
         num_batches: Use at most this many batches.
 
@@ -106,7 +110,7 @@ def hvp(model, data, vectors, *, loss=None, training=False, method="auto",
     hv = keras_flat.hessian.hvp(model, (x, y), v)
     ```
     """
-    op = operator_for(model, data, loss=loss, training=training, method=method,
+    op = operator_for(model, data, loss=loss, training=training, hvp_method=hvp_method,
                       batch_size=batch_size, num_batches=num_batches)
     if isinstance(vectors, (list, tuple)):
         if len(vectors) != len(op.variables):
@@ -124,7 +128,8 @@ def hvp(model, data, vectors, *, loss=None, training=False, method="auto",
     return op.matvec_flat(flat)
 
 
-def hessian_trace(model, data=None, num_probes=32, method="hutchinson", seed=0,
+@renamed_arguments(method="estimator")
+def hessian_trace(model, data=None, num_probes=32, estimator="hutchinson", seed=0,
                   per_variable=False, per_layer=False, **operator_kwargs):
     """Estimates tr(∇²L) with Rademacher probes, all in one compiled call.
 
@@ -133,16 +138,16 @@ def hessian_trace(model, data=None, num_probes=32, method="hutchinson", seed=0,
         data: The measurement data (see `hvp`).
         num_probes: Hessian-vector products to spend, >= 1 (>= 3 for
             `"hutch++"`).
-        method: `"hutchinson"` or `"hutch++"` (better when a few eigenvalues
-            dominate the trace).
+        estimator: The trace estimator, `"hutchinson"` or `"hutch++"`
+            (better when a few eigenvalues dominate the trace).
         seed: Integer seed of the probes.
         per_variable: Also estimate the trace of each trainable variable's
             diagonal block of the Hessian, with its standard error, from the
             same probes (`est.blocks`, a `BlockTraces`; the blocks sum to
             the total).
         per_layer: The same per layer (variables grouped by layer path).
-        **operator_kwargs: `loss`, `training`, `method` of the products is
-            `hvp_method` here, `batch_size`, `num_batches`, `jit_compile`.
+        **operator_kwargs: `loss`, `training`, `hvp_method`, `batch_size`,
+            `num_batches`, `jit_compile` (see `HessianOperator`).
 
     Returns:
         A `TraceEstimate` (`value`, `stderr`, `samples`, `normalized`,
@@ -156,8 +161,8 @@ def hessian_trace(model, data=None, num_probes=32, method="hutchinson", seed=0,
     per_layer = keras_flat.hessian.hessian_trace(model, (x, y), per_layer=True).blocks
     ```
     """
-    check_choice("method", method, TRACE_METHODS)
-    check_count("num_probes", num_probes, 3 if method == "hutch++" else 1)
+    check_choice("estimator", estimator, TRACE_METHODS)
+    check_count("num_probes", num_probes, 3 if estimator == "hutch++" else 1)
     check_bool("per_variable", per_variable)
     check_bool("per_layer", per_layer)
     if per_variable and per_layer:
@@ -165,7 +170,7 @@ def hessian_trace(model, data=None, num_probes=32, method="hutchinson", seed=0,
     op = operator_for(model, data, **_operator_kwargs(operator_kwargs))
     seed = _seed(seed)
     blocks = per_variable or per_layer
-    if method == "hutchinson":
+    if estimator == "hutchinson":
         estimate = hutchinson(op, num_probes, seed, per_variable=blocks)
     else:
         estimate = hutch_plus_plus(op, num_probes, seed, per_variable=blocks)
@@ -174,21 +179,24 @@ def hessian_trace(model, data=None, num_probes=32, method="hutchinson", seed=0,
     return estimate
 
 
-def top_eigenvalues(model, data=None, k=1, method="lanczos", max_iterations=100,
-                    tol=1e-4, initial_vectors=None, seed=0, **operator_kwargs):
-    """The k largest Hessian eigenvalues and their eigenvectors.
+@renamed_arguments(k="num_eigenvalues", method="estimator", tol="rtol")
+def top_eigenvalues(model, data=None, num_eigenvalues=1, estimator="lanczos",
+                    max_iterations=100, rtol=1e-4, initial_vectors=None, seed=0,
+                    **operator_kwargs):
+    """The `num_eigenvalues` largest Hessian eigenvalues and their eigenvectors.
 
     Args:
         model: A built Keras model, or a `HessianOperator` (then `data=None`).
         data: The measurement data (see `hvp`).
-        k: How many eigenvalues, >= 1.
-        method: `"lanczos"` (default; the k algebraically largest, with full
-            reorthogonalisation) or `"power"` (subspace iteration; the k
-            largest in magnitude, as PyHessian reports).
+        num_eigenvalues: How many eigenvalues, >= 1.
+        estimator: The eigenvalue estimator: `"lanczos"` (default; the
+            algebraically largest, with full reorthogonalisation) or
+            `"power"` (subspace iteration; the largest in magnitude, as
+            PyHessian reports).
         max_iterations: Budget of Hessian-vector products.
-        tol: Relative accuracy: Lanczos stops when every Ritz pair's
-            residual is at most `tol * |value|`; power iteration when no
-            value changes by more than `tol` relatively.
+        rtol: Relative accuracy: Lanczos stops when every Ritz pair's
+            residual is at most `rtol * |value|`; power iteration when no
+            value changes by more than `rtol` relatively.
         initial_vectors: Optional `(j, d)` array (e.g. the `vectors` of a
             previous result) to warm-start from.
         seed: Integer seed of the random start.
@@ -200,19 +208,19 @@ def top_eigenvalues(model, data=None, k=1, method="lanczos", max_iterations=100,
     Example:
 
     ```python
-    first = keras_flat.hessian.top_eigenvalues(model, (x, y), k=2)
-    later = keras_flat.hessian.top_eigenvalues(model, (x, y), k=2,
+    first = keras_flat.hessian.top_eigenvalues(model, (x, y), num_eigenvalues=2)
+    later = keras_flat.hessian.top_eigenvalues(model, (x, y), num_eigenvalues=2,
                                                initial_vectors=first.vectors)
     ```
     """
-    check_count("k", k, 1)
+    k = check_count("num_eigenvalues", num_eigenvalues, 1)
     check_count("max_iterations", max_iterations, 1)
-    check_choice("method", method, EIGEN_METHODS)
+    check_choice("estimator", estimator, EIGEN_METHODS)
     op = operator_for(model, data, **_operator_kwargs(operator_kwargs))
     if k > op.dimension:
         raise ValueError(
-            f"Argument `k` must be at most the number of parameters "
-            f"({op.dimension}). Received: k={k}."
+            f"Argument `num_eigenvalues` must be at most the number of parameters "
+            f"({op.dimension}). Received: num_eigenvalues={k}."
         )
     matvec = lambda v: op.matvec_flat(v).numpy()  # noqa: E731
     random = np.random.default_rng(seed).normal(size=(k, op.dimension))
@@ -221,18 +229,19 @@ def top_eigenvalues(model, data=None, k=1, method="lanczos", max_iterations=100,
         warm = np.asarray(initial_vectors, np.float64).reshape(-1, op.dimension)
         start = random * 1e-3 * np.linalg.norm(warm) / np.linalg.norm(random)
         start[: min(k, len(warm))] += warm[:k]
-    if method == "lanczos":
+    if estimator == "lanczos":
         values, vectors, used, converged = lanczos_top(
-            matvec, op.dimension, k, max_iterations, tol, start.sum(axis=0))
+            matvec, op.dimension, k, max_iterations, rtol, start.sum(axis=0))
     else:
         values, vectors, used, converged = power_top(
-            matvec, k, max(max_iterations, k), tol, start)
+            matvec, k, max(max_iterations, k), rtol, start)
     return EigenResult(values=np.asarray(values), vectors=np.asarray(vectors),
                        iterations=used, converged=converged)
 
 
+@renamed_arguments(sigma="bandwidth")
 def spectral_density(model, data=None, num_probes=4, num_steps=40, grid_size=512,
-                     sigma=None, seed=0, **operator_kwargs):
+                     bandwidth=None, seed=0, **operator_kwargs):
     """Hessian eigenvalue density by stochastic Lanczos quadrature (SLQ).
 
     Args:
@@ -241,12 +250,15 @@ def spectral_density(model, data=None, num_probes=4, num_steps=40, grid_size=512
         num_probes: Random probes (independent Lanczos runs), >= 1.
         num_steps: Lanczos steps per probe, >= 1 (the quadrature's nodes).
         grid_size: Points of the returned grid, >= 2.
-        sigma: Gaussian smoothing width; default 1% of the spectral range.
+        bandwidth: Standard deviation of the Gaussian kernel that smooths
+            the quadrature nodes into a density; default 1% of the spectral
+            range.
         seed: Integer seed of the probes.
         **operator_kwargs: See `hessian_trace`.
 
     Returns:
-        A `SpectralDensity` (`grid`, `density`, `nodes`, `weights`, `sigma`).
+        A `SpectralDensity` (`grid`, `density`, `nodes`, `weights`,
+        `bandwidth`).
     """
     check_count("num_probes", num_probes, 1)
     check_count("num_steps", num_steps, 1)
@@ -255,9 +267,9 @@ def spectral_density(model, data=None, num_probes=4, num_steps=40, grid_size=512
     starts = np.random.default_rng(seed).choice([-1.0, 1.0], size=(num_probes, op.dimension))
     nodes, weights = stochastic_lanczos_quadrature(
         lambda v: op.matvec_flat(v).numpy(), op.dimension, num_probes, num_steps, starts)
-    grid, density, sigma = smooth(nodes, weights, grid_size, sigma)
+    grid, density, bandwidth = smooth(nodes, weights, grid_size, bandwidth)
     return SpectralDensity(grid=grid, density=density, nodes=nodes, weights=weights,
-                           sigma=sigma)
+                           bandwidth=bandwidth)
 
 
 def exact_hessian(model, data=None, max_parameters=5000, **operator_kwargs):
@@ -317,14 +329,14 @@ def _jacobians(traced):
 
 
 def _operator_kwargs(kwargs):
-    kwargs = dict(kwargs)
-    if "hvp_method" in kwargs:
-        kwargs["method"] = kwargs.pop("hvp_method")
+    # `method` reached the operator through **operator_kwargs of
+    # `spectral_density` and `exact_hessian`, where it meant the HVP method.
+    kwargs = rename_keywords("HessianOperator()", kwargs, {"method": "hvp_method"})
     unknown = set(kwargs) - set(_OPERATOR_ARGS)
     if unknown:
         raise TypeError(
             f"Unknown arguments {sorted(unknown)}; the operator accepts "
-            f"{sorted(set(_OPERATOR_ARGS) - {'method'} | {'hvp_method'})}."
+            f"{sorted(_OPERATOR_ARGS)}."
         )
     return kwargs
 

@@ -4,7 +4,7 @@ Every `HessianOperator` on the same model with the same loss, training
 flag, HVP method, `jit_compile`, trainable variables and compile settings
 uses one `CompiledHessian` (see `keras_flat.hessian.cache`). Its functions
 take the batches and their weights as arguments, so an operator on new data
-of the same shapes reuses them without tracing, and `method="auto"` times
+of the same shapes reuses them without tracing, and `hvp_method="auto"` times
 the two HVP methods once.
 """
 
@@ -167,7 +167,7 @@ class CompiledHessian:
                 second = outer.gradient(inner_product, self.variables)
         except LookupError as error:
             self.report(diagnose.explain_failure(
-                self.model, error, targets, f"with method={method!r}"))
+                self.model, error, targets, f"with hvp_method={method!r}"))
             raise
         if check:
             self.report(
@@ -365,9 +365,9 @@ def _method_error(model, method, error):
     if isinstance(error, diagnose.NotTwiceDifferentiableError):
         return error
     return ValueError(
-        f"Hessian-vector products by method={method!r} failed on model "
-        f"'{model.name}': {_summary(error)}. Try method={_other(method)!r}, "
-        "or method='auto', which uses whichever method works."
+        f"Hessian-vector products by hvp_method={method!r} failed on model "
+        f"'{model.name}': {_summary(error)}. Try hvp_method={_other(method)!r}, "
+        "or hvp_method='auto', which uses whichever method works."
     )
 
 

@@ -5,6 +5,8 @@ import dataclasses
 import numpy as np
 
 from keras_flat.hessian.eigen import Lanczos
+from keras_flat.utils.deprecation import renamed_arguments
+from keras_flat.utils.deprecation import renamed_attribute
 
 
 @dataclasses.dataclass
@@ -16,7 +18,8 @@ class SpectralDensity:
         density: Density on the grid (integrates to 1 over it).
         nodes: Quadrature nodes (Ritz values), one row per probe.
         weights: Quadrature weights (each row sums to 1), one row per probe.
-        sigma: Width of the Gaussian kernel that smooths the nodes.
+        bandwidth: Standard deviation of the Gaussian kernel that smooths
+            the nodes (formerly `sigma`, still readable with a warning).
 
     Example:
 
@@ -30,11 +33,16 @@ class SpectralDensity:
     density: np.ndarray
     nodes: np.ndarray
     weights: np.ndarray
-    sigma: float
+    bandwidth: float
+
+    sigma = renamed_attribute("sigma", "bandwidth")
 
     def mean(self):
         """The mean eigenvalue of the estimated spectrum, tr(H)/d."""
         return float(np.mean(np.sum(self.nodes * self.weights, axis=1)))
+
+
+SpectralDensity.__init__ = renamed_arguments(sigma="bandwidth")(SpectralDensity.__init__)
 
 
 def stochastic_lanczos_quadrature(matvec, dimension, num_probes, steps, start_vectors):
@@ -72,14 +80,18 @@ def _trapezoid(y, x):
     return float(integrate(y, x))
 
 
-def smooth(nodes, weights, grid_size, sigma=None, padding=6.0):
-    """Gaussian-smoothed density of weighted nodes on an even grid."""
+def smooth(nodes, weights, grid_size, bandwidth=None, padding=6.0):
+    """Gaussian-smoothed density of weighted nodes on an even grid.
+
+    Returns:
+        `(grid, density, bandwidth)`.
+    """
     low, high = float(np.min(nodes)), float(np.max(nodes))
-    if sigma is None:
-        sigma = max(0.01 * (high - low), 1e-6 * max(abs(low), abs(high), 1.0))
-    grid = np.linspace(low - padding * sigma, high + padding * sigma, grid_size)
+    if bandwidth is None:
+        bandwidth = max(0.01 * (high - low), 1e-6 * max(abs(low), abs(high), 1.0))
+    grid = np.linspace(low - padding * bandwidth, high + padding * bandwidth, grid_size)
     flat_nodes, flat_weights = nodes.ravel(), weights.ravel() / nodes.shape[0]
-    kernel = np.exp(-0.5 * ((grid[:, None] - flat_nodes[None, :]) / sigma) ** 2)
-    density = kernel @ flat_weights / (sigma * np.sqrt(2 * np.pi))
+    kernel = np.exp(-0.5 * ((grid[:, None] - flat_nodes[None, :]) / bandwidth) ** 2)
+    density = kernel @ flat_weights / (bandwidth * np.sqrt(2 * np.pi))
     density = density / _trapezoid(density, grid)
-    return grid, density, sigma
+    return grid, density, bandwidth

@@ -225,7 +225,7 @@ def explain_failure(model, error, targets, where):
         model: The measured Keras model.
         error: The `LookupError` raised while differentiating.
         targets: The tensors computed before the failure (loss, gradients).
-        where: What was computing, e.g. "with method='double_backward'".
+        where: What was computing, e.g. "with hvp_method='double_backward'".
     """
     ops = ancestors([t for t in targets if t is not None])
     found = culprits(ops)

@@ -15,6 +15,7 @@ from keras_flat.hessian.compiled import list_hvp
 from keras_flat.utils import vector
 from keras_flat.utils.batches import as_batches
 from keras_flat.utils.batches import batch_size_of
+from keras_flat.utils.deprecation import renamed_arguments
 from keras_flat.utils.validation import check_choice
 
 __all__ = ["HVP_METHODS", "HessianOperator", "check_model", "dense_gradients", "in_replica"]
@@ -36,7 +37,7 @@ class HessianOperator:
     training flag, HVP method, `jit_compile`, trainable variables and
     compile settings, so every operator on the same model and options
     (and batches of the same shapes and dtypes) shares them: they are traced
-    once, and `method="auto"` times the two methods once. Freezing or
+    once, and `hvp_method="auto"` times the two methods once. Freezing or
     unfreezing a layer, or recompiling, gives new functions. No variable is
     changed: with `training=True` BatchNorm uses batch statistics but its
     moving statistics are not updated.
@@ -58,7 +59,7 @@ class HessianOperator:
             `keras.losses.Loss`, or a callable `loss(y_true, y_pred)`.
         training: Run layers in training mode (BatchNorm batch statistics,
             active dropout). Defaults to False (inference mode).
-        method: `"forward_over_backward"` (a `tf.autodiff.ForwardAccumulator`
+        hvp_method: `"forward_over_backward"` (a `tf.autodiff.ForwardAccumulator`
             over a `GradientTape`), `"double_backward"` (nested tapes, as
             PyHessian does), or `"auto"` (default): time both once on this
             model and options and keep the faster. A method that fails on the
@@ -95,6 +96,7 @@ class HessianOperator:
     ```
     """
 
+    @renamed_arguments(method="hvp_method")
     def __init__(
         self,
         model,
@@ -102,13 +104,13 @@ class HessianOperator:
         *,
         loss=None,
         training=False,
-        method="auto",
+        hvp_method="auto",
         batch_size=None,
         num_batches=None,
         jit_compile=False,
     ):
         check_model(model)
-        check_choice("method", method, HVP_METHODS + ("auto",))
+        method = check_choice("hvp_method", hvp_method, HVP_METHODS + ("auto",))
         resolved = losses.resolve(loss)
         if loss is None and getattr(model, "loss", None) is None:  # Public: set by compile.
             raise ValueError(

@@ -8,6 +8,8 @@ import tensorflow as tf
 
 from keras_flat.utils import rng
 from keras_flat.utils import vector
+from keras_flat.utils.deprecation import renamed_arguments
+from keras_flat.utils.deprecation import renamed_attribute
 
 TRACE_METHODS = ("hutchinson", "hutch++")
 
@@ -23,7 +25,8 @@ class TraceEstimate:
         samples: The per-probe estimates (their mean is `value`), a NumPy
             array.
         num_matvecs: Hessian-vector products used.
-        method: `"hutchinson"` or `"hutch++"`.
+        estimator: `"hutchinson"` or `"hutch++"` (formerly `method`, still
+            readable with a warning).
         dimension: Number of parameters d.
         blocks: With `per_variable=True` (or `per_layer=True`), the trace
             of each diagonal block of the Hessian, a `BlockTraces`;
@@ -34,14 +37,19 @@ class TraceEstimate:
     stderr: float
     samples: np.ndarray
     num_matvecs: int
-    method: str
+    estimator: str
     dimension: int
     blocks: Optional["BlockTraces"] = None
+
+    method = renamed_attribute("method", "estimator")
 
     @property
     def normalized(self):
         """tr(H) / d, the paper's flatness measure on the loss's scale."""
         return self.value / self.dimension
+
+
+TraceEstimate.__init__ = renamed_arguments(method="estimator")(TraceEstimate.__init__)
 
 
 def hutchinson(operator, num_probes, seed, per_variable=False):
@@ -146,7 +154,7 @@ def _result(samples, num_matvecs, method, dimension):
         stderr=stderr,
         samples=samples,
         num_matvecs=num_matvecs,
-        method=method,
+        estimator=method,
         dimension=dimension,
     )
 

@@ -27,7 +27,7 @@ Example:
 ```python
 from keras_flat import landscape
 
-dirs = landscape.random_directions(model, k=2, seed=0)
+dirs = landscape.random_directions(model, num_directions=2, seed=0)
 plane = landscape.surface_2d(model, (x, y), dirs, extent=1.0, resolution=21)
 landscape.plot_contour(plane, "plane.png")
 plane.to_csv("plane.csv")

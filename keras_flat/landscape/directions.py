@@ -26,7 +26,7 @@ class Directions:
     Example:
 
     ```python
-    dirs = keras_flat.landscape.random_directions(model, k=2, seed=0)
+    dirs = keras_flat.landscape.random_directions(model, num_directions=2, seed=0)
     kernel_part = dirs.unflatten(0)[0]   # the first direction's first variable
     ```
     """

@@ -4,11 +4,13 @@ import numpy as np
 
 from keras_flat import hessian
 from keras_flat.landscape.directions import Directions
+from keras_flat.utils.deprecation import renamed_arguments
 from keras_flat.utils.validation import check_count
 
 
-def eigen_directions(model, data=None, k=2, **kwargs):
-    """The top-k Hessian eigenvectors of the training loss, as directions.
+@renamed_arguments(k="num_directions")
+def eigen_directions(model, data=None, num_directions=2, **kwargs):
+    """The top Hessian eigenvectors of the training loss, as directions.
 
     Along the top eigenvector the loss curves fastest; a plot along it shows
     the sharpest direction of the minimum, where a random direction in high
@@ -21,10 +23,11 @@ def eigen_directions(model, data=None, k=2, **kwargs):
             then `data=None`).
         data: The data whose training loss is measured (see
             `keras_flat.hessian.hvp`).
-        k: How many eigenvectors, >= 1.
+        num_directions: How many eigenvectors (the top `num_directions`
+            eigenvalues' ones), >= 1.
         **kwargs: Passed to `keras_flat.hessian.top_eigenvalues`
-            (`method`, `max_iterations`, `tol`, `seed`, `training`,
-            `batch_size`, `num_batches`, `loss`...).
+            (`estimator`, `max_iterations`, `rtol`, `seed`, `training`,
+            `hvp_method`, `batch_size`, `num_batches`, `loss`...).
 
     Returns:
         A `Directions` of kind `"eigen"` whose `values` are the eigenvalues.
@@ -32,12 +35,12 @@ def eigen_directions(model, data=None, k=2, **kwargs):
     Example:
 
     ```python
-    top = keras_flat.landscape.eigen_directions(model, (x, y), k=2)
+    top = keras_flat.landscape.eigen_directions(model, (x, y), num_directions=2)
     surface = keras_flat.landscape.surface_2d(model, (x, y), top, extent=0.5)
     ```
     """
-    check_count("k", k, 1)
-    result = hessian.top_eigenvalues(model, data, k=k, **kwargs)
+    check_count("num_directions", num_directions, 1)
+    result = hessian.top_eigenvalues(model, data, num_eigenvalues=num_directions, **kwargs)
     keras_model = model.model if isinstance(model, hessian.HessianOperator) else model
     variables = keras_model.trainable_variables
     return Directions(

@@ -55,7 +55,7 @@ class Evaluator:
 
     ```python
     evaluator = keras_flat.landscape.Evaluator(model, (x, y), batch_size=256)
-    dirs = keras_flat.landscape.random_directions(model, k=2)
+    dirs = keras_flat.landscape.random_directions(model, num_directions=2)
     plane = keras_flat.landscape.surface_2d(evaluator, None, dirs)   # traced once
     line = keras_flat.landscape.surface_1d(evaluator, None, dirs)    # same function
     values = evaluator.evaluate(dirs.vectors, [[0.5, -0.5]])         # {"loss": array([...])}

@@ -8,9 +8,11 @@ from keras_flat.landscape.evaluator import Evaluator
 from keras_flat.landscape.filters import batchnorm_variances
 from keras_flat.landscape.surface import Surface1D
 from keras_flat.landscape.surface import grid
+from keras_flat.utils.deprecation import renamed_arguments
 
 
-def interpolate(model_a, model_b, data, num=41, extent=(-0.5, 1.5), *, alphas=None,
+@renamed_arguments(num="resolution")
+def interpolate(model_a, model_b, data, resolution=41, extent=(-0.5, 1.5), *, alphas=None,
                 metrics=True, training=False, loss=None, batch_size=None, num_batches=None,
                 jit_compile=False):
     """The loss and metrics along `(1 - alpha) * w_a + alpha * w_b`.
@@ -27,11 +29,11 @@ def interpolate(model_a, model_b, data, num=41, extent=(-0.5, 1.5), *, alphas=No
         model_b: A model of the same architecture (alpha = 1).
         data: The data the loss is averaged over (see
             `keras_flat.landscape.surface_1d`).
-        num: Number of evenly spaced alpha values, >= 2 (0 and 1 are always
-            added).
+        resolution: Number of evenly spaced alpha values, >= 2 (0 and 1
+            are always added), as for `surface_1d`.
         extent: The alpha range `(low, high)`; the default goes half the
             distance beyond each model.
-        alphas: Explicit alpha values (overrides `num` and `extent`).
+        alphas: Explicit alpha values (overrides `resolution` and `extent`).
         metrics: Also compute `model_a`'s compiled metrics (default True).
         training: Layers in training mode (BatchNorm batch statistics).
         loss: The loss for an uncompiled `model_a`: a name such as `"mse"`,
@@ -54,7 +56,7 @@ def interpolate(model_a, model_b, data, num=41, extent=(-0.5, 1.5), *, alphas=No
     check_model(model_a)
     moved_a, moved_b = _matching_weights(model_a, model_b)
     if alphas is None:
-        alphas = np.union1d(grid("extent", extent, "num", num), [0.0, 1.0])
+        alphas = np.union1d(grid("extent", extent, "resolution", resolution), [0.0, 1.0])
     else:
         alphas = np.asarray(alphas, np.float64).reshape(-1)
         if alphas.size == 0 or not np.all(np.isfinite(alphas)):

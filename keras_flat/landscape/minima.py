@@ -46,7 +46,7 @@ def compare_minima(models, data, labels, output_dir=None, seed=0, extent=1.0,
         )
     lines, planes = [], []
     for model in models:
-        directions = random_directions(model, k=2, seed=seed)
+        directions = random_directions(model, num_directions=2, seed=seed)
         evaluator = Evaluator(model, data, **options)  # Traced once for both surfaces.
         lines.append(surface_1d(evaluator, None, directions, extent=extent,
                                 resolution=resolution_1d))

@@ -5,6 +5,7 @@ import numpy as np
 from keras_flat.hessian.operator import check_model
 from keras_flat.landscape.directions import Directions
 from keras_flat.landscape.filters import describe_parameters
+from keras_flat.utils.deprecation import renamed_arguments
 from keras_flat.utils.validation import check_bool
 from keras_flat.utils.validation import check_choice
 from keras_flat.utils.validation import check_count
@@ -12,8 +13,9 @@ from keras_flat.utils.validation import check_count
 NORMALIZATIONS = ("filter", "variable", "model", None)
 
 
-def random_directions(model, k=2, seed=0, normalization="filter", include_biases=False,
-                      include_normalization=False):
+@renamed_arguments(k="num_directions")
+def random_directions(model, num_directions=2, seed=0, normalization="filter",
+                      include_biases=False, include_normalization=False):
     """Gaussian directions rescaled to the weights, filter by filter.
 
     Each direction starts as independent standard normal entries (drawn
@@ -32,7 +34,7 @@ def random_directions(model, k=2, seed=0, normalization="filter", include_biases
 
     Args:
         model: A built Keras model.
-        k: Number of directions, >= 1.
+        num_directions: Number of directions, >= 1.
         seed: Integer seed, >= 0; the same seed gives the same directions.
         normalization: `"filter"` (Li et al., the default), `"variable"`
             (each variable tensor rescaled to the variable's norm),
@@ -52,12 +54,12 @@ def random_directions(model, k=2, seed=0, normalization="filter", include_biases
     Example:
 
     ```python
-    dirs = keras_flat.landscape.random_directions(model, k=2, seed=0)
+    dirs = keras_flat.landscape.random_directions(model, num_directions=2, seed=0)
     surface = keras_flat.landscape.surface_2d(model, (x, y), dirs)
     ```
     """
     check_model(model)
-    check_count("k", k, 1)
+    k = check_count("num_directions", num_directions, 1)
     check_count("seed", seed, 0)
     check_choice("normalization", normalization, NORMALIZATIONS)
     check_bool("include_biases", include_biases)

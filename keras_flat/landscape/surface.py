@@ -90,7 +90,7 @@ def surface_1d(model, data=None, direction=None, extent=1.0, resolution=51, *, m
     Example:
 
     ```python
-    d = keras_flat.landscape.random_directions(model, k=1, seed=0)
+    d = keras_flat.landscape.random_directions(model, num_directions=1, seed=0)
     line = keras_flat.landscape.surface_1d(model, (x, y), d, extent=1.0)
     line.to_csv("line.csv")
     ```
@@ -132,7 +132,7 @@ def surface_2d(model, data=None, directions=None, extent=1.0, resolution=21, *, 
     Example:
 
     ```python
-    dirs = keras_flat.landscape.random_directions(model, k=2, seed=0)
+    dirs = keras_flat.landscape.random_directions(model, num_directions=2, seed=0)
     plane = keras_flat.landscape.surface_2d(model, (x, y), dirs, extent=1.0, resolution=21)
     keras_flat.landscape.plot_contour(plane, "plane.png")
     ```
