@@ -1,7 +1,7 @@
 """An update rule as three pieces: when it perturbs, where, and how it combines."""
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from keras_flat.algorithms.base import Algorithm
 from keras_flat.algorithms.base import Step
@@ -119,7 +119,7 @@ class Composite(Algorithm):
 
         def plain():
             update, carry = how.plain(ctx, states["how"])
-            kept = [tf.zeros_like(g) for g in ctx.grads] if where.keeps_gradient else []
+            kept = [ops.zeros_like(g) for g in ctx.grads] if where.keeps_gradient else []
             return update, carry, kept
 
         (update, carry, kept), flag = ctx.branch(take, perturbed, plain)

@@ -1,7 +1,8 @@
 """What the pieces of an algorithm see of one training step."""
 
-import tensorflow as tf
+from keras import ops
 
+from keras_flat import backend
 from keras_flat.utils import structure
 from keras_flat.utils import vector
 
@@ -29,7 +30,7 @@ class StepContext:
 
     def __init__(self, oracle, grads, sync):
         self.oracle = oracle
-        self.grads = _dense(grads)
+        self.grads = backend.densify(grads)
         self.sync = sync
         self.view = oracle.global_view(self.grads, sync)
         self.grad_norm = vector.norm(self.view)
@@ -39,7 +40,7 @@ class StepContext:
     @property
     def direction(self):
         """`view / ‖view‖`, the clean gradient's unit vector (zero for zero)."""
-        graph = tf.compat.v1.get_default_graph()
+        graph = backend.current_graph()
         if self._direction is None or self._direction[0] is not graph:
             self._direction = (graph, vector.unit(self.view)[0])
         return self._direction[1]
@@ -56,7 +57,7 @@ class StepContext:
         A schedule's value at `step`, or the current value of a constant
         learning rate (which a callback may have changed).
         """
-        return tf.cast(self.oracle.model.optimizer.learning_rate, tf.float32)
+        return ops.cast(self.oracle.model.optimizer.learning_rate, "float32")
 
     @property
     def progress(self):
@@ -90,7 +91,7 @@ class StepContext:
     def gradient(self, offset=None, subset=None):
         """`(loss, grads)` at `w + offset`; see `GradientOracle.gradient`."""
         loss, grads = self.oracle.gradient(offset=offset, subset=subset)
-        return loss, _dense(grads)
+        return loss, backend.densify(grads)
 
     def global_view(self, vectors):
         """The full-scale version of gradient contributions (see `view`)."""
@@ -122,14 +123,5 @@ class StepContext:
             for the perturbed branch.
         """
         if take is None:
-            return perturbed(), tf.constant(1.0)
-        return tf.cond(take, perturbed, plain), tf.cast(take, tf.float32)
-
-
-def _dense(grads):
-    """`grads` with every `tf.IndexedSlices` (an Embedding's gradient) made dense.
-
-    The two branches of a conditional must return the same structure, and the
-    pieces' arithmetic is dense anyway.
-    """
-    return [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
+            return perturbed(), ops.convert_to_tensor(1.0)
+        return backend.branch(take, perturbed, plain), ops.cast(take, "float32")

@@ -9,7 +9,7 @@ convention (this replica's contribution).
 """
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from keras_flat.algorithms.pieces.base import Combiner
 from keras_flat.utils import vector
@@ -116,7 +116,7 @@ class SurrogateGap(Combiner):
         return list(h), list(h)
 
     def plain(self, ctx, state):
-        return list(ctx.grads), [tf.zeros_like(g) for g in ctx.grads]
+        return list(ctx.grads), [ops.zeros_like(g) for g in ctx.grads]
 
     def finish(self, ctx, update, carry, took, state):
         h_direction, _ = vector.unit(ctx.global_view(carry))
@@ -158,7 +158,7 @@ class Reuse(Combiner):
             lambda i, v, p: build.make_variable(f"direction_{i}", tuple(v.shape)))
 
     def _stored(self, state):
-        return [tf.convert_to_tensor(state[i]) for i in range(len(state))]
+        return [ops.convert_to_tensor(state[i]) for i in range(len(state))]
 
     def perturbed(self, ctx, h, state):
         # The orthogonal part is linear in h: contributions sum to the global
@@ -167,14 +167,14 @@ class Reuse(Combiner):
 
     def plain(self, ctx, state):
         extra = vector.scale(self._stored(state), self.reuse_weight * ctx.grad_norm)
-        extra = [tf.cast(e, g.dtype) for e, g in zip(extra, ctx.grads)]
-        return vector.add(ctx.grads, ctx.contribution(extra)), [tf.zeros_like(g)
+        extra = [ops.cast(e, g.dtype) for e, g in zip(extra, ctx.grads)]
+        return vector.add(ctx.grads, ctx.contribution(extra)), [ops.zeros_like(g)
                                                                 for g in ctx.grads]
 
     def finish(self, ctx, update, carry, took, state):
         direction, _ = vector.unit(ctx.global_view(carry))
         stored = _select(took, direction, self._stored(state))
-        return update, tuple((state[i], tf.cast(v, state[i].dtype))
+        return update, tuple((state[i], ops.cast(v, state[i].dtype))
                              for i, v in enumerate(stored))
 
     def get_config(self):
@@ -185,4 +185,4 @@ def _select(took, a, b):
     """`a` where the step perturbed (`took`; None means always), else `b`."""
     if took is None:
         return list(a)
-    return [tf.where(took, tf.cast(x, y.dtype), y) for x, y in zip(a, b)]
+    return [ops.where(took, ops.cast(x, y.dtype), y) for x, y in zip(a, b)]

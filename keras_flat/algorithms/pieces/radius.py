@@ -28,7 +28,7 @@ model = keras_flat.FlatMinimaModel(inner, keras_flat.algorithms.SAM(rho=decay))
 import numbers
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from keras_flat.utils.validation import check_number
 
@@ -88,14 +88,14 @@ class FollowLearningRate:
         """`(lr, lr_max)` of this step, float32 scalars."""
         lr = ctx.learning_rate
         if self.learning_rate_max is not None:
-            return lr, tf.constant(self.learning_rate_max, tf.float32)
-        return lr, tf.maximum(tf.cast(state["learning_rate_max"], tf.float32), lr)
+            return lr, ops.convert_to_tensor(self.learning_rate_max, "float32")
+        return lr, ops.maximum(ops.cast(state["learning_rate_max"], "float32"), lr)
 
     def value(self, ctx, state):
         lr, peak = self._peak(ctx, state)
         span = peak - self.learning_rate_min
-        fraction = tf.math.divide_no_nan(lr - self.learning_rate_min, span)
-        fraction = tf.where(span > 0.0, tf.clip_by_value(fraction, 0.0, 1.0), 1.0)
+        fraction = ops.divide_no_nan(lr - self.learning_rate_min, span)
+        fraction = ops.where(span > 0.0, ops.clip(fraction, 0.0, 1.0), 1.0)
         return self.minimum + (self.maximum - self.minimum) * fraction
 
     def assignments(self, ctx, state):
@@ -133,7 +133,7 @@ class _Schedule:
         return {}
 
     def value(self, ctx, state):
-        return tf.cast(self.schedule(ctx.step), tf.float32)
+        return ops.cast(self.schedule(ctx.step), "float32")
 
     def assignments(self, ctx, state):
         return ()

@@ -9,7 +9,7 @@ perturbed branch run collectives inside its conditional.
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from keras_flat.algorithms.pieces.base import Schedule
 from keras_flat.algorithms.pieces.base import deserialize
@@ -40,7 +40,7 @@ class Every(Schedule):
     def due(self, ctx, state):
         if self.interval == 1:
             return None
-        return tf.equal(tf.math.floormod(ctx.step, self.interval), 0)
+        return ops.equal(ops.mod(ctx.step, self.interval), 0)
 
     def expected_fraction(self):
         return 1.0 / self.interval
@@ -68,7 +68,7 @@ class GradNormAtMost(Schedule):
         self.tolerance = check_number("tolerance", tolerance, minimum=0.0)
 
     def due(self, ctx, state):
-        return ctx.grad_norm <= tf.cast(self.tolerance, ctx.grad_norm.dtype)
+        return ctx.grad_norm <= ops.cast(self.tolerance, ctx.grad_norm.dtype)
 
     def get_config(self):
         return {"tolerance": self.tolerance}
@@ -100,8 +100,8 @@ class StartingAt(Schedule):
 
     def due(self, ctx, state):
         if isinstance(self.start, float):
-            return ctx.progress >= tf.cast(self.start, ctx.progress.dtype)
-        return ctx.step >= tf.cast(self.start, ctx.step.dtype)
+            return ctx.progress >= ops.cast(self.start, ctx.progress.dtype)
+        return ctx.step >= ops.cast(self.start, ctx.step.dtype)
 
     def expected_fraction(self):
         return 1.0 - self.start if isinstance(self.start, float) else 1.0
@@ -164,25 +164,25 @@ class AdaptiveTrigger(Schedule):
                 "count": build.make_variable("norm_count", ())}
 
     def _statistics(self, ctx, state):
-        s = tf.cast(tf.square(ctx.grad_norm), tf.float32)
-        first = tf.equal(state["count"], 0.0)
+        s = ops.cast(ops.square(ctx.grad_norm), "float32")
+        first = ops.equal(state["count"], 0.0)
         decay = self.ema_decay
-        mean = tf.where(first, s, decay * state["mean"] + (1 - decay) * s)
-        variance = tf.where(
-            first, 0.0, decay * state["variance"] + (1 - decay) * tf.square(s - mean))
+        mean = ops.where(first, s, decay * state["mean"] + (1 - decay) * s)
+        variance = ops.where(
+            first, 0.0, decay * state["variance"] + (1 - decay) * ops.square(s - mean))
         return s, mean, variance
 
     def threshold(self, ctx):
         """The current `c` (a float32 tensor)."""
         begin, end = self.threshold_start, self.threshold_end
         if begin == end:
-            return tf.constant(begin, tf.float32)
-        progress = tf.clip_by_value(tf.cast(ctx.progress, tf.float32), 0.0, 1.0)
+            return ops.convert_to_tensor(begin, "float32")
+        progress = ops.clip(ops.cast(ctx.progress, "float32"), 0.0, 1.0)
         return begin + (end - begin) * progress
 
     def due(self, ctx, state):
         s, mean, variance = self._statistics(ctx, state)
-        return s >= mean + self.threshold(ctx) * tf.sqrt(variance)
+        return s >= mean + self.threshold(ctx) * ops.sqrt(variance)
 
     def assignments(self, ctx, state):
         _, mean, variance = self._statistics(ctx, state)
@@ -244,7 +244,7 @@ class AllOf(Schedule):
         for i, schedule in enumerate(self.schedules):
             condition = schedule.due(ctx, self._state(state, i))
             if condition is not None:
-                take = condition if take is None else tf.logical_and(take, condition)
+                take = condition if take is None else ops.logical_and(take, condition)
         return take
 
     def assignments(self, ctx, state):

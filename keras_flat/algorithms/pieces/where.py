@@ -7,8 +7,9 @@ so it is where a piece may use a collective.
 """
 
 import keras
-import tensorflow as tf
+from keras import ops
 
+from keras_flat import backend
 from keras_flat.algorithms.pieces import radius
 from keras_flat.algorithms.pieces.base import Perturbation
 from keras_flat.utils import vector
@@ -96,17 +97,19 @@ class FriendlyAscent(RadiusPerturbation):
                     f"average_{i}", tuple(v.shape)))}
 
     def gradient(self, ctx, prepared, state):
-        weight = self.full_gradient_weight * tf.convert_to_tensor(state["started"])
-        average = [tf.cast(state["average"][i], g.dtype) for i, g in enumerate(ctx.view)]
+        weight = self.full_gradient_weight * ops.convert_to_tensor(state["started"])
+        average = [ops.cast(state["average"][i], g.dtype) for i, g in enumerate(ctx.view)]
         offset = vector.unit(vector.add(ctx.view, average, -weight), self.radius_at(ctx, state))
         return list(ctx.gradient(offset=offset[0])[1])
 
     def assignments(self, ctx, state):
-        started = tf.convert_to_tensor(state["started"]) > 0.0
-        averages = [state["average"][i] for i in range(len(ctx.view))]
-        return super().assignments(ctx, state) + ((state["started"], 1.0),) + tuple(
-            (m, tf.where(started, self.ema_decay * m + (1.0 - self.ema_decay) * tf.cast(g, m.dtype),
-                         tf.cast(g, m.dtype))) for m, g in zip(averages, ctx.view))
+        started = ops.convert_to_tensor(state["started"]) > 0.0
+        out = [(state["started"], 1.0)]
+        for i, g in enumerate(ctx.view):
+            m = state["average"][i]
+            g = ops.cast(g, m.dtype)
+            out.append((m, ops.where(started, self.ema_decay * m + (1.0 - self.ema_decay) * g, g)))
+        return super().assignments(ctx, state) + tuple(out)
 
     def get_config(self):
         return {"rho": radius.config(self.rho), "ema_decay": self.ema_decay,
@@ -141,20 +144,19 @@ class ScaledAscent(RadiusPerturbation):
                 out.append(None)
             else:
                 dtype = vector.compute_dtype(value.dtype)
-                out.append(tf.abs(tf.cast(value, dtype)) + self.eta)
+                out.append(ops.abs(ops.cast(value, dtype)) + self.eta)
         return out
 
     def prepare(self, ctx, state):
         # The gradient's norm first, so `view` may be overwritten by the
         # scaled gradient instead of staying alive beside it.
-        with tf.control_dependencies([ctx.grad_norm]):
-            scales = self.scales(ctx)
-        scaled = [g if t is None else tf.cast(t, g.dtype) * g for g, t in zip(ctx.view, scales)]
+        scales = backend.after(ctx.grad_norm, lambda: self.scales(ctx))
+        scaled = [g if t is None else ops.cast(t, g.dtype) * g for g, t in zip(ctx.view, scales)]
         direction, _ = vector.unit(scaled, self.radius_at(ctx, state))
         offset = []
         for d, t in zip(direction, scales):
             if t is not None:
-                d = tf.cast(tf.cast(d, t.dtype) * t, d.dtype)
+                d = ops.cast(ops.cast(d, t.dtype) * t, d.dtype)
             offset.append(d)
         return offset
 
@@ -277,15 +279,15 @@ class FilterGaussian(RadiusPerturbation):
         offset = []
         for i, (parameter, value) in enumerate(zip(ctx.parameters(), ctx.variables)):
             if not self._perturbed(parameter):
-                offset.append(tf.zeros_like(value))
+                offset.append(ops.zeros_like(value))
                 continue
-            w = tf.cast(value, noises[i].dtype)
-            std = tf.cast(sigma, w.dtype) * tf.sqrt(
-                tf.reduce_sum(tf.square(w), axis=parameter.reduce_axes, keepdims=True))
+            w = ops.cast(value, noises[i].dtype)
+            std = ops.cast(sigma, w.dtype) * ops.sqrt(
+                ops.sum(ops.square(w), axis=parameter.reduce_axes, keepdims=True))
             if self.adaptive:
-                fisher = tf.cast(state["fisher"][i], std.dtype)
-                std = std / tf.sqrt(1.0 + self.adaptation * fisher)
-            offset.append(tf.cast(noises[i] * std, value.dtype))
+                fisher = ops.cast(state["fisher"][i], std.dtype)
+                std = std / ops.sqrt(1.0 + self.adaptation * fisher)
+            offset.append(ops.cast(noises[i] * std, value.dtype))
         return list(ctx.gradient(offset=offset)[1])
 
     def finish(self, ctx, h, took, state):
@@ -295,12 +297,12 @@ class FilterGaussian(RadiusPerturbation):
             if not self._perturbed(parameter):
                 continue  # Its sum is never read.
             fisher = state["fisher"][i]
-            squares = tf.reduce_sum(tf.square(tf.cast(grad, tf.float32)),
+            squares = ops.sum(ops.square(ops.cast(grad, "float32")),
                                     axis=self._fisher_axes(parameter), keepdims=True)
-            old = tf.convert_to_tensor(fisher)
-            value = self.ema_decay * old + tf.reshape(squares, fisher.shape)
+            old = ops.convert_to_tensor(fisher)
+            value = self.ema_decay * old + ops.reshape(squares, fisher.shape)
             if took is not None:
-                value = tf.where(took, value, old)
+                value = ops.where(took, value, old)
             out.append((fisher, value))
         return tuple(out)
 
@@ -376,8 +378,8 @@ class ExampleDirection(Perturbation):
         # A replica-local condition with no collective inside. The examples
         # all live on one replica (see GradientOracle.sample_subset), so the
         # direction needs no communication: other replicas see zero.
-        needs_jitter = tf.logical_and(subset.active, vector.norm(example_grads) <= _ZERO_NORM)
-        direction_grads = tf.cond(needs_jitter, jittered, lambda: example_grads)
+        needs_jitter = ops.logical_and(subset.active, vector.norm(example_grads) <= _ZERO_NORM)
+        direction_grads = backend.branch(needs_jitter, jittered, lambda: example_grads)
         s, _ = vector.unit(list(direction_grads))
         if self.antithetic:
             _, ahead = ctx.gradient(offset=vector.scale(s, self.rho), subset=subset)

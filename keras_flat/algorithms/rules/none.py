@@ -1,7 +1,7 @@
 """Plain training, the reference every perturbing rule is measured against."""
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from keras_flat.algorithms import registry
 from keras_flat.algorithms.base import Algorithm
@@ -36,7 +36,7 @@ class NoPerturbation(Algorithm):
 
     def compute_update(self, oracle, grads):
         view = oracle.global_view(list(grads), self.perturbation_sync)
-        return Step(list(grads), vector.norm(view), tf.constant(0.0))
+        return Step(list(grads), vector.norm(view), ops.convert_to_tensor(0.0))
 
 
 registry.register("none", NoPerturbation, "plain SGD", aliases=("plain", "no_perturbation"))
