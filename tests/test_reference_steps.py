@@ -107,9 +107,8 @@ def _eager_update(algorithm, step_seed=(5, 0), batch=16):
     )
     ref = NumpyMLP(l2=L2)
     g = ref.grad(w, x, y, sw)
-    update, grad_norm, perturbed = algorithm.compute_update(
-        oracle, [tf.constant(t, tf.float32) for t in g]
-    )
+    step = algorithm.compute_update(oracle, [tf.constant(t, tf.float32) for t in g])
+    update, grad_norm, perturbed = step.update, step.grad_norm, step.perturbed
     np.testing.assert_allclose(float(grad_norm), flat_norm(g), rtol=1e-5)
     return [np.array(u, np.float64) for u in update], float(perturbed), oracle.calls, (w, x, y, sw, g, ref)
 
@@ -207,7 +206,7 @@ def test_sharpness_aware_uses_jitter_when_the_examples_gradient_is_zero():
     oracle = RecordingOracle(model, tf.constant(x), tf.constant(y), tf.constant(sw),
                              model.trainable_variables, seed=tf.constant([1, 0], tf.int64))
     grads = [tf.zeros_like(v) for v in model.trainable_variables]
-    update, _, _ = model.algorithm.compute_update(oracle, grads)
+    update = model.algorithm.compute_update(oracle, grads).update
     offsets = [c[0] for c in oracle.calls]
     assert offsets[0] is None
     np.testing.assert_allclose(flat_norm(offsets[1]), 0.2 * 0.1, rtol=1e-4)  # jitter
