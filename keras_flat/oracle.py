@@ -5,8 +5,8 @@ import tensorflow as tf
 
 from keras_flat import rng
 from keras_flat import vector
+from keras_flat.batch_statistics import batchnorm_layers
 from keras_flat.evaluation import BatchEvaluation
-from keras_flat.internals import flatten_layers
 
 
 class GradientOracle:
@@ -85,7 +85,7 @@ class GradientOracle:
         self.num_replicas = strategy.num_replicas_in_sync
         # With batch statistics a few examples alone are a different function
         # (BatchNorm of a single example is constant): mask instead of gather.
-        self.masked_subsets = has_batch_statistics(model)
+        self.masked_subsets = bool(batchnorm_layers(model, include_frozen=False))
 
     @property
     def step(self):
@@ -327,16 +327,6 @@ class Subset:
         mask = tf.cast(self.weight, weights.dtype)
         rank = weights.shape.rank or 1
         return weights * tf.reshape(mask, [-1] + [1] * (rank - 1))
-
-
-def has_batch_statistics(model):
-    """Whether any layer of `model` normalises with batch statistics in training.
-
-    A BatchNormalization layer frozen with `trainable=False` normalises by
-    its moving statistics even in training mode, like a per-example layer.
-    """
-    return any(isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
-               for layer in flatten_layers(model))
 
 
 def _uniform_index(key, size):

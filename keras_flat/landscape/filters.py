@@ -10,13 +10,13 @@ parameters are left out of random directions by default (their direction
 is zero), as in Li et al.
 """
 
+from keras_flat.batch_statistics import batchnorm_layers
 from keras_flat.structure import KINDS  # noqa: F401
 from keras_flat.structure import Parameter  # noqa: F401
-from keras_flat.structure import batchnorm_layers
 from keras_flat.structure import describe_parameters  # noqa: F401
 
 
 def batchnorm_variances(model):
     """The `moving_variance` variables of the BatchNormalization layers of `model`."""
-    return [layer.moving_variance for layer in batchnorm_layers(model)
+    return [layer.moving_variance for layer in batchnorm_layers(model, include_frozen=True)
             if getattr(layer, "moving_variance", None) is not None]
