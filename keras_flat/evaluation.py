@@ -1,9 +1,71 @@
-"""One traced function for every pass of a training step: the loss and its gradient."""
+"""The loss of a batch at given weights, writing nothing, and the step's traced gradient.
+
+`loss_at` is the one place a model's loss is evaluated without side effects:
+the training step's clean and perturbed passes (through `BatchEvaluation`),
+the Hessian measurements and the loss landscape all call it. `batch_mean` is
+the one place Keras's division of the loss by the number of replicas is
+undone.
+"""
 
 import keras
 import tensorflow as tf
 
 from keras_flat.vector import compute_dtype
+
+
+def loss_at(model, mapping, x, y, sample_weight, *, training, loss=None, mean=False):
+    """The loss of `model` on one batch with some variables at given values, writing nothing.
+
+    The model runs inside a `keras.StatelessScope` that maps each variable of
+    `mapping` to its value (the other variables read their current values).
+    No variable is assigned: what the pass writes (BatchNorm statistics, the
+    seed states of random layers) is left in the returned scope, and `add_loss`
+    and activity-regularization terms are collected.
+
+    Args:
+        model: A Keras model.
+        mapping: `(variable, value)` pairs.
+        x, y, sample_weight: The batch.
+        training: Run layers in training mode.
+        loss: None for `model.compute_loss` (the compiled loss plus the
+            regularization losses), or a callable `loss(y, y_pred,
+            sample_weight)` giving the batch's loss, to which `model.losses`
+            are added.
+        mean: For `model.compute_loss`, give its value on this batch rather
+            than this replica's contribution to the global batch's (see
+            `batch_mean`); they differ only under a `tf.distribute` strategy.
+
+    Returns:
+        `(loss, y_pred, scope)`: the scalar loss, the predictions, and the
+        scope, whose `get_current_value(variable)` is what the pass would
+        have written.
+    """
+    with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
+        y_pred = model(x, training=training)
+        if loss is None:
+            value = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                                       training=training)
+            if mean:
+                value = batch_mean(value)
+        else:
+            value = loss(y, y_pred, sample_weight)
+            for extra in model.losses:
+                value = value + tf.cast(extra, value.dtype)
+    return value, y_pred, scope
+
+
+def batch_mean(values):
+    """A replica's contributions as values of its own batch: times the number of replicas.
+
+    Inside a replica of a `tf.distribute` strategy, Keras divides the loss by
+    the number of replicas, so that contributions (and their gradients)
+    summed over replicas are the global batch's. This multiplies a loss, or
+    a structure of gradients, back; the identity on one device.
+    """
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    if replicas == 1:
+        return values
+    return tf.nest.map_structure(lambda v: v * tf.cast(replicas, v.dtype), values)
 
 
 class BatchEvaluation:
@@ -14,14 +76,14 @@ class BatchEvaluation:
     passes. So the model's forward and backward pass is traced once per step,
     however many gradients the rule evaluates.
 
-    The model runs in training mode inside a `keras.StatelessScope` that maps
-    the trainable variables to the given values and its forward state
-    (BatchNorm statistics, the seed states of random layers, counters of
-    custom layers) to the values it had before the step's forward pass: every
-    pass sees the model as the clean pass saw it, and random layers draw the
-    same numbers in each (on a batch of the same shape). Nothing is assigned;
-    what the pass would have written to the forward state is returned, and the
-    clean pass writes it.
+    Each pass is a `loss_at` in training mode that maps the trainable
+    variables to the given values and the model's forward state (BatchNorm
+    statistics, the seed states of random layers, counters of custom layers)
+    to the values it had before the step's forward pass: every pass sees the
+    model as the clean pass saw it, and random layers draw the same numbers in
+    each (on a batch of the same shape). Nothing is assigned; what the pass
+    would have written to the forward state is returned, and the clean pass
+    writes it.
 
     Args:
         model: The `FlatMinimaModel`.
@@ -64,21 +126,17 @@ class BatchEvaluation:
         return self._function(values, x, y, sample_weight)
 
     def _evaluate(self, values, x, y, sample_weight):
-        model = self._model
         mapping = self._state + list(zip(self.variables, values))
         with tf.GradientTape() as tape:
             tape.watch(values)
-            with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
-                y_pred = model(x, training=True)
-                loss = model.compute_loss(x=x, y=y, y_pred=y_pred,
-                                          sample_weight=sample_weight, training=True)
+            loss, y_pred, scope = loss_at(self._model, mapping, x, y, sample_weight,
+                                          training=True)
             scaled = loss if self._scale is None else loss * tf.cast(self._scale, loss.dtype)
         grads = tape.gradient(scaled, values)
         if self._scale is not None:
             grads = [_unscaled(g, self._scale) for g in grads]
         written = [scope.get_current_value(variable) for variable, _ in self._state]
         return loss, grads, y_pred, written
-
 
 
 def _unscaled(gradient, scale):

@@ -15,6 +15,7 @@ from keras_flat.algorithm_state import AlgorithmState
 from keras_flat.algorithms.base import as_step
 from keras_flat.algorithms.piece import BuildContext
 from keras_flat.evaluation import BatchEvaluation
+from keras_flat.evaluation import batch_mean
 from keras_flat.oracle import GradientOracle
 from keras_flat.oracle import loss_scale
 from keras_flat.oracle import rescale_gradients
@@ -254,8 +255,7 @@ class FlatMinimaModel(keras.Model):
         for variable, value in zip(forward, written):
             variable.assign(value)
         internals.loss_tracker(self).update_state(
-            _unscale_for_distribution(clean.loss), sample_weight=_batch_size(x)
-        )
+            batch_mean(clean.loss), sample_weight=_batch_size(x))
         connected = [i for i, g in enumerate(grads) if g is not None]
         clean.variables = [variables[i] for i in connected]
         clean.grads = [grads[i] for i in connected]
@@ -486,15 +486,6 @@ def _num_workers(strategy):
 
 def _batch_size(x):
     return tf.shape(next(t for t in tf.nest.flatten(x) if t is not None))[0]
-
-
-def _unscale_for_distribution(loss):
-    # compute_loss divides by the number of replicas; the tracker reports the
-    # per-batch mean, as Keras's own train_step does.
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    if replicas > 1:
-        loss = loss * tf.cast(replicas, loss.dtype)
-    return loss
 
 
 class _CleanPass:

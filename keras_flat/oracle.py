@@ -7,6 +7,7 @@ from keras_flat import rng
 from keras_flat import vector
 from keras_flat.batch_statistics import batchnorm_layers
 from keras_flat.evaluation import BatchEvaluation
+from keras_flat.evaluation import batch_mean
 
 
 class GradientOracle:
@@ -164,9 +165,7 @@ class GradientOracle:
         if sync == "global":
             context = tf.distribute.get_replica_context()
             return context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-        return tf.nest.map_structure(
-            lambda g: g * tf.cast(self.num_replicas, g.dtype), grads
-        )
+        return batch_mean(grads)
 
     def sample_subset(self, count, seed, sync="global"):
         """Chooses `min(count, n)` distinct examples of one replica's batch.
