@@ -2,7 +2,8 @@
 
 `loss_at` is the one place a model's loss is evaluated without side effects:
 the training step's clean and perturbed passes (through `BatchEvaluation`),
-the Hessian measurements and the loss landscape all call it. `batch_mean` is
+the Hessian measurements and the loss landscape all call it. `LossScale` is
+the one place a training step's loss scaling is handled, and `batch_mean`
 the one place Keras's division of the loss by the number of replicas is
 undone.
 """
@@ -68,6 +69,57 @@ def batch_mean(values):
     return tf.nest.map_structure(lambda v: v * tf.cast(replicas, v.dtype), values)
 
 
+class LossScale:
+    """The loss scaling of one training step, owned in one place.
+
+    The factor `optimizer.scale_loss` multiplies the loss by: the dynamic
+    scale of a `keras.optimizers.LossScaleOptimizer` (mixed precision) or an
+    optimizer's `loss_scale_factor`; None for an optimizer that scales
+    nothing, or for no optimizer. Read once per step. Gradients are at true
+    scale everywhere but inside `gradient` and in what `for_optimizer`
+    returns: `gradient` differentiates the scaled loss (so float16 gradients
+    do not underflow) and divides the result, and `for_optimizer` multiplies
+    the step's update once, right before `optimizer.apply`, which divides it
+    again (a `LossScaleOptimizer` also checks it and updates its scale).
+
+    Args:
+        optimizer: The model's optimizer, or None.
+    """
+
+    def __init__(self, optimizer=None):
+        scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer) or (
+            getattr(optimizer, "loss_scale_factor", None) is not None
+        )
+        self.value = None
+        if scaled:
+            self.value = tf.cast(optimizer.scale_loss(tf.constant(1.0, tf.float32)), tf.float32)
+
+    def gradient(self, tape, loss, sources):
+        """The true-scale gradient of `loss` (recorded on `tape`) with respect to `sources`."""
+        if self.value is None:
+            return tape.gradient(loss, sources)
+        # The gradient of the scaled loss: backpropagation starts from the scale.
+        grads = tape.gradient(loss, sources, output_gradients=tf.cast(self.value, loss.dtype))
+        return [_apply(tf.divide, g, self.value) for g in grads]
+
+    def for_optimizer(self, grads):
+        """True-scale `grads` as `optimizer.apply` takes them: times the scale."""
+        if self.value is None:
+            return list(grads)
+        return [_apply(tf.multiply, g, self.value) for g in grads]
+
+
+def _apply(operation, gradient, factor):
+    """`operation(gradient, factor)` in its own dtype (None and an Embedding's slices kept)."""
+    if gradient is None:
+        return None
+    if isinstance(gradient, tf.IndexedSlices):
+        return tf.IndexedSlices(_apply(operation, gradient.values, factor), gradient.indices,
+                                gradient.dense_shape)
+    dtype = compute_dtype(gradient.dtype)
+    return tf.cast(operation(tf.cast(gradient, dtype), tf.cast(factor, dtype)), gradient.dtype)
+
+
 class BatchEvaluation:
     """The training loss of a batch at given weights, with its gradient, writing nothing.
 
@@ -91,14 +143,14 @@ class BatchEvaluation:
             attribute `variables`).
         state: `(variable, value)` pairs of the forward state, with the
             values from before the step's forward pass.
-        scale: The step's loss scale (see `oracle.loss_scale`), or None.
+        scale: The step's `LossScale` (default: none).
     """
 
-    def __init__(self, model, variables, state, scale=None):
+    def __init__(self, model, variables, state=(), scale=None):
         self._model = model
         self.variables = list(variables)
         self._state = list(state)
-        self._scale = scale
+        self._scale = LossScale() if scale is None else scale
         self._function = tf.function(self._evaluate, reduce_retracing=True)
         self._traced = False
 
@@ -111,8 +163,8 @@ class BatchEvaluation:
 
         Returns:
             The loss (this replica's contribution, regularization
-            included), its gradient with respect to `values` (loss scaling
-            removed; None where the loss does not depend on a variable), the
+            included), its gradient with respect to `values` (at true scale;
+            None where the loss does not depend on a variable), the
             predictions, and the values the pass would write to the forward
             state, in the order of `state`.
         """
@@ -131,23 +183,9 @@ class BatchEvaluation:
             tape.watch(values)
             loss, y_pred, scope = loss_at(self._model, mapping, x, y, sample_weight,
                                           training=True)
-            scaled = loss if self._scale is None else loss * tf.cast(self._scale, loss.dtype)
-        grads = tape.gradient(scaled, values)
-        if self._scale is not None:
-            grads = [_unscaled(g, self._scale) for g in grads]
+        grads = self._scale.gradient(tape, loss, values)
         written = [scope.get_current_value(variable) for variable, _ in self._state]
         return loss, grads, y_pred, written
-
-
-def _unscaled(gradient, scale):
-    """`gradient / scale` in its own dtype (None and an Embedding's slices kept)."""
-    if gradient is None:
-        return None
-    if isinstance(gradient, tf.IndexedSlices):
-        return tf.IndexedSlices(_unscaled(gradient.values, scale), gradient.indices,
-                                gradient.dense_shape)
-    dtype = compute_dtype(gradient.dtype)
-    return tf.cast(tf.cast(gradient, dtype) / tf.cast(scale, dtype), gradient.dtype)
 
 
 def _any_batch_size(arguments, first):

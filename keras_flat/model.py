@@ -15,10 +15,9 @@ from keras_flat.algorithm_state import AlgorithmState
 from keras_flat.algorithms.base import as_step
 from keras_flat.algorithms.piece import BuildContext
 from keras_flat.evaluation import BatchEvaluation
+from keras_flat.evaluation import LossScale
 from keras_flat.evaluation import batch_mean
 from keras_flat.oracle import GradientOracle
-from keras_flat.oracle import loss_scale
-from keras_flat.oracle import rescale_gradients
 from keras_flat.step_statistics import StepStatistics
 from keras_flat.validation import check_choice
 from keras_flat.validation import check_number
@@ -232,7 +231,7 @@ class FlatMinimaModel(keras.Model):
 
     def _clean_pass(self, x, y, sample_weight):
         """Step 1: the forward pass (the only one that writes state) and its gradient."""
-        clean = _CleanPass(scale=loss_scale(self.optimizer))
+        clean = _CleanPass(scale=LossScale(self.optimizer))
         if not self.inner.built:  # Only in the first trace, which builds the model.
             with keras.StatelessScope():
                 self.inner(x, training=True)
@@ -280,24 +279,28 @@ class FlatMinimaModel(keras.Model):
         )
 
     def _apply(self, clean, step):
-        """Step 3: one `optimizer.apply`, unless the step is not finite anywhere."""
-        update, variables = step.update, clean.variables
+        """Step 3: one `optimizer.apply`, unless the step is not finite anywhere.
+
+        The update enters at true scale and is scaled for the optimizer here,
+        once (see `LossScale`).
+        """
         bad, skipped = None, None
         if clean.guard is not None:
-            bad = guard.nonfinite_anywhere(update, clean.loss)
-            update = rescale_gradients(update, clean.scale)
-            if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
-                # It skips non-finite steps itself; make its decision global.
-                self.optimizer.apply(guard.poison(update, bad), variables)
-            else:
-                if not self.optimizer.built:  # Not inside the conditional.
-                    self.optimizer.build(self.trainable_variables)
-                guard.apply_unless(bad, self.optimizer, update, variables)
+            bad = guard.nonfinite_anywhere(step.update, clean.loss)
+        update, variables = clean.scale.for_optimizer(step.update), clean.variables
+        if bad is None:
+            self.optimizer.apply(update, variables)
+        elif isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            # It skips non-finite steps itself; make its decision global.
+            self.optimizer.apply(guard.poison(update, bad), variables)
+        else:
+            if not self.optimizer.built:  # Not inside the conditional.
+                self.optimizer.build(self.trainable_variables)
+            guard.apply_unless(bad, self.optimizer, update, variables)
+        if bad is not None:
             clean.guard.restore_if(bad, clean.saved)
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
             skipped = tf.cast(bad, tf.float32) / replicas
-        else:
-            self.optimizer.apply(rescale_gradients(update, clean.scale), variables)
         for variable, value in step.assignments:  # The algorithm's own state.
             value = tf.cast(value, variable.dtype)
             if bad is not None:
@@ -492,7 +495,7 @@ class _CleanPass:
     """What the clean pass of one training step leaves for the other two steps."""
 
     def __init__(self, scale):
-        self.scale = scale  # The loss scale, or None.
+        self.scale = scale  # The step's `LossScale`.
         self.guard = None  # A `guard.StepGuard` of the forward-pass state, if protected.
         self.saved = None  # Its snapshot.
         self.forward = []  # (variable, value before the forward pass) of its state.

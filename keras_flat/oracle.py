@@ -1,6 +1,5 @@
 """The gradient oracle `FlatMinimaModel.train_step` hands to an algorithm."""
 
-import keras
 import tensorflow as tf
 
 from keras_flat import rng
@@ -23,8 +22,9 @@ class GradientOracle:
 
     Gradient convention: like the clean gradient Keras computes inside a
     replica, a returned gradient is this replica's contribution (the loss
-    carries Keras's 1/num_replicas factor), with any loss scaling removed,
-    so contributions summed over replicas give the global-batch gradient.
+    carries Keras's 1/num_replicas factor), at true scale (the evaluation
+    removes any loss scaling), so contributions summed over replicas give
+    the global-batch gradient.
     `global_view` turns a contribution into a full-scale gradient for norms
     and directions.
 
@@ -46,7 +46,7 @@ class GradientOracle:
         trainable_variables: The variables the optimizer updates.
         seed: The step's stateless seed, an int tensor of shape `(2,)`, or
             None for an algorithm that draws no random numbers.
-        scale: The step's loss scale (from `loss_scale`), or None.
+        scale: The step's `keras_flat.evaluation.LossScale`, or None.
         step: The training step's index (the optimizer's `iterations`
             before this step's update), for algorithms that perturb on a
             schedule.
@@ -340,33 +340,6 @@ def _draw(key, size, first, count):
     keys = rng.uniform([size], key)
     keys = tf.where(tf.range(size) == first, -1.0, keys)  # `first` sorts first.
     return tf.argsort(keys)[: tf.minimum(count, size)]
-
-
-def loss_scale(optimizer):
-    """The factor `optimizer.scale_loss` multiplies the loss by, or None.
-
-    Covers `keras.optimizers.LossScaleOptimizer` (mixed precision) and the
-    `loss_scale_factor` argument of every Keras optimizer. Read it once per
-    step and use it for the evaluation's unscaling and `rescale_gradients`.
-    """
-    scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer) or (
-        getattr(optimizer, "loss_scale_factor", None) is not None
-    )
-    if not scaled:
-        return None
-    return tf.cast(optimizer.scale_loss(tf.constant(1.0, tf.float32)), tf.float32)
-
-
-def rescale_gradients(grads, scale):
-    """Multiplies true-scale gradients by `scale`, to hand them back to the optimizer."""
-    if scale is None:
-        return list(grads)
-    return [_times(g, scale) for g in grads]
-
-
-def _times(tensor, factor):
-    dtype = vector.compute_dtype(tensor.dtype)
-    return tf.cast(tf.cast(tensor, dtype) * tf.cast(factor, dtype), tensor.dtype)
 
 
 def _first_leaf(structure):
