@@ -14,6 +14,7 @@ from keras_flat import structure
 from keras_flat.algorithm_state import AlgorithmState
 from keras_flat.algorithms.base import as_step
 from keras_flat.algorithms.piece import BuildContext
+from keras_flat.batch_statistics import batchnorm_layers
 from keras_flat.evaluation import BatchEvaluation
 from keras_flat.evaluation import LossScale
 from keras_flat.evaluation import batch_mean
@@ -148,22 +149,28 @@ class FlatMinimaModel(keras.Model):
         self.step_statistics = StepStatistics(skipped=on_nonfinite != "ignore")
         self.algorithm_state = AlgorithmState(seed=seed, name="algorithm_state")
         self.seed_generator = self.algorithm_state.seeds
-        # The trainable variables the algorithm's state was built for (ids).
+        # The trainable variables the algorithm's state was built for (ids),
+        # and their descriptions, by id.
         self._algorithm_built_for = None
+        self._parameters = {}
         if model.built:
             self.built = True
-            self._build_algorithm()
+        self._build_algorithm()
 
     def _build_algorithm(self):
         """Creates the algorithm's state for the current trainable variables.
 
-        Called at construction for a built model, before each new training
-        function is made (under a strategy Keras builds the model first; after
-        `compile`, the trainable set may have changed: a backbone frozen or
-        unfrozen for fine-tuning), and in the first trace of `train_step`
-        (without a strategy, Keras builds an unbuilt model there). State sized
-        by the trainable variables (LookSAM's stored direction, ARWP's
-        per-filter sums) is created afresh when the set has changed.
+        The one entry to the algorithm's build, run at the three moments its
+        variables can be made: at construction (for a built model, so that
+        saved weights load into them), whenever a new training function is
+        made (after `compile`, the trainable set may have changed: a backbone
+        frozen or unfrozen for fine-tuning; under a strategy Keras has built
+        the model by then), and in the training step (without a strategy
+        Keras builds an unbuilt model in its first trace). It does nothing
+        before the inner model is built or when the state is already built
+        for the current trainable set; state sized by the trainable variables
+        (LookSAM's stored direction, ARWP's per-filter sums) is created afresh
+        when the set has changed.
         """
         if not self.inner.built:
             return
@@ -179,16 +186,19 @@ class FlatMinimaModel(keras.Model):
                     "requires; the algorithm's state is then rebuilt."
                 )
             self.algorithm_state.reset()
-        table = structure.parameters_by_id(self.inner)
-        build = BuildContext(variables, [table[id(v)] for v in variables],
+        self._parameters = structure.parameters_by_id(self.inner)
+        build = BuildContext(variables, [self._parameters[id(v)] for v in variables],
                              self.algorithm_state.make_variable)
-        self.algorithm.build(build)
+        if tf.inside_function():  # In the first trace, which created the model's variables.
+            self.algorithm.build(build)
+        else:
+            with self.distribute_strategy.scope():
+                self.algorithm.build(build)
         self._algorithm_built_for = signature
 
     def make_train_function(self, force=False):
         if self.train_function is None or force:  # It will be traced anew.
-            with self.distribute_strategy.scope():
-                self._build_algorithm()
+            self._build_algorithm()
         return super().make_train_function(force=force)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
@@ -235,8 +245,7 @@ class FlatMinimaModel(keras.Model):
         if not self.inner.built:  # Only in the first trace, which builds the model.
             with keras.StatelessScope():
                 self.inner(x, training=True)
-        if self._algorithm_built_for is None:
-            self._build_algorithm()
+        self._build_algorithm()
         # The forward pass writes BatchNorm statistics and the seeds of random
         # layers (Dropout, augmentation); the step's own seed counter advances
         # too. Their values before it are what a skipped step restores, and
@@ -245,9 +254,9 @@ class FlatMinimaModel(keras.Model):
         forward = guard.forward_state(self.inner)
         clean.guard = guard.StepGuard(forward + [self.seed_generator.state])
         clean.saved = clean.guard.snapshot()
-        clean.forward = list(zip(forward, clean.saved))
         variables = self.trainable_variables
-        clean.evaluation = BatchEvaluation(self, variables, clean.forward, clean.scale)
+        clean.evaluation = BatchEvaluation(self, variables, zip(forward, clean.saved),
+                                           clean.scale)
         values = [tf.convert_to_tensor(v) for v in variables]
         clean.loss, grads, clean.y_pred, written = clean.evaluation(
             values, x, y, sample_weight)
@@ -272,10 +281,12 @@ class FlatMinimaModel(keras.Model):
             with tf.control_dependencies(clean.grads):
                 seed = tf.identity(self.seed_generator.next())
         return GradientOracle(
-            self, x, y, sample_weight, clean.variables, seed=seed, scale=clean.scale,
+            clean.evaluation, x, y, sample_weight, clean.variables, seed=seed,
             step=self.optimizer.iterations,
             planned_steps=self.algorithm_state.planned_steps,
-            state=clean.forward, evaluation=clean.evaluation,
+            optimizer=self.optimizer,
+            parameters=[self._parameters[id(v)] for v in clean.variables],
+            masked_subsets=bool(batchnorm_layers(self.inner, include_frozen=False)),
         )
 
     def _apply(self, clean, step):
@@ -497,8 +508,7 @@ class _CleanPass:
     def __init__(self, scale):
         self.scale = scale  # The step's `LossScale`.
         self.guard = None  # A `guard.StepGuard` of the forward-pass state, if protected.
-        self.saved = None  # Its snapshot.
-        self.forward = []  # (variable, value before the forward pass) of its state.
+        self.saved = None  # Its snapshot, the state before the forward pass.
         self.evaluation = None  # The step's `BatchEvaluation`, shared with the oracle.
         self.y_pred = None
         self.loss = None

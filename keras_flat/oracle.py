@@ -4,8 +4,6 @@ import tensorflow as tf
 
 from keras_flat import rng
 from keras_flat import vector
-from keras_flat.batch_statistics import batchnorm_layers
-from keras_flat.evaluation import BatchEvaluation
 from keras_flat.evaluation import batch_mean
 
 
@@ -14,19 +12,19 @@ class GradientOracle:
 
     Built by `FlatMinimaModel.train_step` for one batch, after the clean
     pass. `gradient` evaluates the training loss (regularization included)
-    at `w + offset`, on the whole batch or on a subset of its examples, by
-    calling the model inside a `keras.StatelessScope`: no variable is
-    written, BatchNorm statistics and other non-trainable updates of the
+    at `w + offset`, on the whole batch or on a subset of its examples,
+    through the step's `keras_flat.evaluation.BatchEvaluation`: no variable
+    is written, BatchNorm statistics and other non-trainable updates of the
     perturbed pass are discarded, and no Python state changes, so it is
-    safe under `tf.function`, XLA and `tf.distribute`.
+    safe under `tf.function`, XLA and `tf.distribute`. The oracle never
+    calls the model itself.
 
     Gradient convention: like the clean gradient Keras computes inside a
     replica, a returned gradient is this replica's contribution (the loss
-    carries Keras's 1/num_replicas factor), at true scale (the evaluation
-    removes any loss scaling), so contributions summed over replicas give
-    the global-batch gradient.
-    `global_view` turns a contribution into a full-scale gradient for norms
-    and directions.
+    carries Keras's 1/num_replicas factor), at true scale (loss scaling is
+    the evaluation's), so contributions summed over replicas give the
+    global-batch gradient. `global_view` turns a contribution into a
+    full-scale gradient for norms and directions.
 
     Subsets of a model with batch statistics (BatchNormalization layers in
     training mode) keep the whole batch, in training mode, with zero weight
@@ -41,52 +39,47 @@ class GradientOracle:
     gradient on such models.
 
     Args:
-        model: The `FlatMinimaModel`.
+        evaluation: The step's `BatchEvaluation` (shared with the clean
+            pass). It may know more variables than `trainable_variables`
+            (those the loss does not reach); they keep their current values.
         x, y, sample_weight: The batch, as unpacked by Keras.
         trainable_variables: The variables the optimizer updates.
         seed: The step's stateless seed, an int tensor of shape `(2,)`, or
             None for an algorithm that draws no random numbers.
-        scale: The step's `keras_flat.evaluation.LossScale`, or None.
         step: The training step's index (the optimizer's `iterations`
             before this step's update), for algorithms that perturb on a
             schedule.
         planned_steps: The number of steps the current `fit` plans (epochs
             × steps per epoch), or 0 when unknown.
-        state: `(variable, value)` pairs: the non-trainable state the clean
-            forward pass writes (BatchNorm statistics, the seeds of Dropout
-            and augmentation layers), with the values it had before that
-            pass; see `keras_flat.evaluation.BatchEvaluation`.
-        evaluation: The step's `BatchEvaluation` (shared with the clean
-            pass), or None for one of the oracle's own. It may know more
-            variables than `trainable_variables` (those the loss does not
-            reach); they keep their current values.
+        optimizer: The optimizer, whose learning rate `learning_rate` reads.
+        parameters: The `keras_flat.structure.Parameter`s of
+            `trainable_variables`, in order.
+        masked_subsets: Whether the model normalises with batch statistics,
+            so that subsets keep the whole batch (see above).
     """
 
     def __init__(
-        self, model, x, y, sample_weight, trainable_variables, seed, scale=None,
-        step=None, planned_steps=None, state=(), evaluation=None,
+        self, evaluation, x, y, sample_weight, trainable_variables, seed=None, step=None,
+        planned_steps=None, optimizer=None, parameters=None, masked_subsets=False,
     ):
-        self._scale = scale
-        self._step = step
-        self._planned_steps = planned_steps
-        self._model = model
+        self._evaluation = evaluation
         self._x = x
         self._y = y
         self._sample_weight = sample_weight
         self.trainable_variables = list(trainable_variables)
-        self._values = None
         self._seed = seed
-        if evaluation is None:
-            evaluation = BatchEvaluation(model, self.trainable_variables, state, scale)
-        self._evaluation = evaluation
+        self._step = step
+        self._planned_steps = planned_steps
+        self._optimizer = optimizer
+        self.parameters = None if parameters is None else list(parameters)
+        # With batch statistics a few examples alone are a different function
+        # (BatchNorm of a single example is constant): mask instead of gather.
+        self.masked_subsets = masked_subsets
+        self._values = None
         # Where each of this oracle's variables sits among the evaluation's.
         index = {id(v): i for i, v in enumerate(evaluation.variables)}
         self._positions = [index[id(v)] for v in self.trainable_variables]
-        strategy = tf.distribute.get_strategy()
-        self.num_replicas = strategy.num_replicas_in_sync
-        # With batch statistics a few examples alone are a different function
-        # (BatchNorm of a single example is constant): mask instead of gather.
-        self.masked_subsets = bool(batchnorm_layers(model, include_frozen=False))
+        self.num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
 
     @property
     def step(self):
@@ -120,9 +113,13 @@ class GradientOracle:
         return tf.shape(_first_leaf(self._x))[0]
 
     @property
-    def model(self):
-        """The model being trained."""
-        return self._model
+    def learning_rate(self):
+        """The optimizer's learning rate at this step, a float32 scalar tensor.
+
+        A schedule's value at `step`, or the current value of a constant
+        learning rate (which a callback may have changed).
+        """
+        return tf.cast(self._optimizer.learning_rate, tf.float32)
 
     @property
     def progress(self):

@@ -2,7 +2,6 @@
 
 import tensorflow as tf
 
-from keras_flat import structure
 from keras_flat import vector
 
 
@@ -34,7 +33,6 @@ class StepContext:
         self.view = oracle.global_view(self.grads, sync)
         self.grad_norm = vector.norm(self.view)
         self._direction = None
-        self._parameters = None
 
     @property
     def direction(self):
@@ -56,7 +54,7 @@ class StepContext:
         A schedule's value at `step`, or the current value of a constant
         learning rate (which a callback may have changed).
         """
-        return tf.cast(self.oracle.model.optimizer.learning_rate, tf.float32)
+        return self.oracle.learning_rate
 
     @property
     def progress(self):
@@ -78,10 +76,7 @@ class StepContext:
 
     def parameters(self):
         """`[keras_flat.structure.Parameter]` of the trainable variables, in order."""
-        if self._parameters is None:
-            table = structure.parameters_by_id(self.oracle.model)
-            self._parameters = [table[id(v)] for v in self.trainable_variables]
-        return self._parameters
+        return self.oracle.parameters
 
     def seed(self, stream):
         """A stateless seed for the random stream numbered `stream` in this step."""
