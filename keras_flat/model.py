@@ -97,12 +97,9 @@ class FlatMinimaModel(keras.Model):
             (an algorithm's `get_config()`), `None` for plain training, or
             `"default"` (the default): `keras_flat.algorithms.default()`,
             SAM on the steps whose squared gradient norm is at least its
-            running mean (AE-SAM's trigger at a constant threshold), chosen
-            because it trains from scratch about as well as plain training
-            and ends flatter on the most tasks of
-            `python -m benchmarks.defaults` (see `benchmarks/RESULTS.md`).
-            It is not the paper's rule: to escape a sharp minimum reached
-            already (the paper's setting), use `"sa"`. The registered names:
+            running mean (AE-SAM's trigger at a constant threshold), for
+            training from scratch. To escape a sharp minimum reached
+            already, use `"sa"`. The registered names:
 
             {registered_rules}
 
