@@ -333,17 +333,18 @@ class FlatMinimaModel(keras.Model):
             iterator = None
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
-    def fit(self, *args, **kwargs):
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
+            *args, **kwargs):
+        # `keras.Model.fit` with the callbacks the rule needs: Keras 3 gives a
+        # model no other way to add callbacks to `fit`, and only they learn
+        # the number of steps `fit` plans (`_PlanRecorder`).
         if _num_workers(self.distribute_strategy) > 1:
             internals.check_symbolic_build_hook()
         extra = [_PlanRecorder()]
         if self.on_nonfinite == "raise":
             extra.append(RaiseOnNonFinite())
-        if len(args) > 5:  # callbacks passed positionally
-            args = args[:5] + (_with(args[5], extra),) + args[6:]
-        else:
-            kwargs["callbacks"] = _with(kwargs.get("callbacks"), extra)
-        return super().fit(*args, **kwargs)
+        return super().fit(x, y, batch_size, epochs, verbose, _with(callbacks, extra),
+                           *args, **kwargs)
 
     def train_on_batch(self, *args, **kwargs):
         logs = super().train_on_batch(*args, **{**kwargs, "return_dict": True})
