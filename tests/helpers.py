@@ -7,6 +7,10 @@ import numpy as np
 import tensorflow as tf
 
 import keras_flat
+from keras_flat.training.evaluation import BatchEvaluation
+from keras_flat.training.oracle import GradientOracle
+from keras_flat.utils.batch_statistics import batchnorm_layers
+from keras_flat.utils.structure import describe_parameters
 
 
 def mlp(inputs=4, hidden=5, outputs=2, activation="tanh", batchnorm=False,
@@ -33,6 +37,18 @@ def regression_data(n=64, inputs=4, outputs=2, seed=0):
     w = rng.normal(size=(inputs, outputs)).astype("float32")
     y = np.tanh(x @ w).astype("float32") + 0.1 * rng.normal(size=(n, outputs)).astype("float32")
     return x, y
+
+
+def make_oracle(model, x, y, sample_weight, seed=None, cls=GradientOracle):
+    """A `GradientOracle` of a compiled `FlatMinimaModel` on one batch, outside a step.
+
+    Wired as `FlatMinimaModel.train_step` wires its own, at the current
+    weights, with no loss scaling and no forward state.
+    """
+    variables = model.trainable_variables
+    return cls(BatchEvaluation(model, variables), x, y, sample_weight, variables, seed=seed,
+               optimizer=model.optimizer, parameters=describe_parameters(model),
+               masked_subsets=bool(batchnorm_layers(model, include_frozen=False)))
 
 
 def weights(model):

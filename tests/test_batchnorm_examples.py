@@ -14,7 +14,7 @@ import keras_flat
 from keras_flat import algorithms
 from keras_flat.training import model as model_module
 from keras_flat.training.oracle import GradientOracle
-from keras_flat.training.oracle import has_batch_statistics
+from keras_flat.utils.batch_statistics import batchnorm_layers
 
 from helpers import flat_norm
 from helpers import mlp
@@ -102,7 +102,11 @@ def test_batch_statistics_are_found_at_any_depth_and_frozen_layers_skipped():
     nested = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization()])
     block = Block()
     model = keras.Sequential([keras.Input((4,)), block, frozen, nested, keras.layers.Dense(2)])
-    assert has_batch_statistics(model)
+    found = batchnorm_layers(model, include_frozen=False)
+    assert {id(layer) for layer in found} == {id(block.norm), id(nested.layers[0])}
+    assert len(batchnorm_layers(model, include_frozen=True)) == 3
     block.norm.trainable = False
     nested.trainable = False
-    assert not has_batch_statistics(model)  # Frozen layers normalise per example.
+    # Frozen layers normalise per example.
+    assert batchnorm_layers(model, include_frozen=False) == []
+    assert len(batchnorm_layers(model, include_frozen=True)) == 3

@@ -9,10 +9,10 @@ import keras_flat
 from keras_flat import algorithms
 from keras_flat import hessian
 from keras_flat.algorithms.pieces.where import SphereSample
-from keras_flat.training.oracle import GradientOracle
 
 from conftest import NUM_LOGICAL_CPUS
 from helpers import flat_norm
+from helpers import make_oracle
 from helpers import mirrored_strategy
 from helpers import mlp
 from helpers import regression_data
@@ -107,8 +107,8 @@ def _replica_seeds(sync):
     @tf.function
     def run():
         def fn():
-            oracle = GradientOracle(model, tf.zeros((2, 4)), tf.zeros((2, 2)), None,
-                                    model.trainable_variables, seed=tf.constant([3, 4], tf.int64))
+            oracle = make_oracle(model, tf.zeros((2, 4)), tf.zeros((2, 2)), None,
+                                 seed=tf.constant([3, 4], tf.int64))
             return oracle.seed(SphereSample.STREAMS["sphere"], sync)
         return strategy.experimental_local_results(strategy.run(fn))
 

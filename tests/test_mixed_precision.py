@@ -71,3 +71,22 @@ def test_overflowing_step_is_skipped_and_weights_stay_finite(policy, name):
     history = model.fit(x[:16], y[:16], batch_size=16, epochs=1, verbose=0).history
     assert history["skipped_steps"] == [0.0]
     assert all(np.all(np.isfinite(np.array(v))) for v in model.trainable_variables)
+
+
+@pytest.mark.parametrize("scaled", [
+    lambda: keras.optimizers.SGD(0.1, momentum=0.9, loss_scale_factor=8.0),
+    lambda: keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1, momentum=0.9)),
+], ids=["loss_scale_factor", "LossScaleOptimizer"])
+@pytest.mark.parametrize("name", ["sam", "sa"])
+def test_loss_scaling_leaves_the_float32_steps_unchanged(scaled, name):
+    # The rule sees true-scale gradients and the optimizer applies its update:
+    # a power-of-two scale, put on and taken off once each way, changes nothing.
+    x, y = regression_data(n=32)
+    trained = []
+    for optimizer in (keras.optimizers.SGD(0.1, momentum=0.9), scaled()):
+        model = keras_flat.FlatMinimaModel(mlp(), name, seed=0)
+        model.compile(optimizer=optimizer, loss="mse")
+        model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+        trained.append([np.array(v) for v in model.trainable_variables])
+    for a, b in zip(*trained):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

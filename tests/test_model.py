@@ -319,3 +319,15 @@ def test_save_load_restores_everything_and_training_continues_identically(name, 
     loaded.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
     for a, b in zip(loaded.inner.weights, uninterrupted.inner.weights):
         np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-6, atol=1e-6)
+
+
+def test_fit_records_the_planned_steps_with_callbacks_given_either_way():
+    x, y = regression_data(n=32)
+    model = keras_flat.FlatMinimaModel(mlp(), "sam", seed=0)
+    model.compile(optimizer="sgd", loss="mse")
+    seen = []
+    record = keras.callbacks.LambdaCallback(on_train_begin=lambda logs: seen.append(1))
+    model.fit(x, y, 8, 3, 0, [record], 0.25)  # callbacks and validation_split positional
+    assert int(model.algorithm_state.planned_steps) == 3 * 3 and seen == [1]
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[record])
+    assert int(model.algorithm_state.planned_steps) == 2 * 2 and seen == [1, 1]

@@ -12,6 +12,7 @@ from keras_flat.training.oracle import GradientOracle
 from helpers import NumpyMLP
 from helpers import flat_dot
 from helpers import flat_norm
+from helpers import make_oracle
 from helpers import mlp
 from helpers import np_project_out
 from helpers import regression_data
@@ -100,11 +101,8 @@ class RecordingOracle(GradientOracle):
 def _eager_update(algorithm, step_seed=(5, 0), batch=16):
     model, x, y, sw, w = _setup(algorithm, batch=batch)
     model.build((None, 4))
-    variables = model.trainable_variables
-    oracle = RecordingOracle(
-        model, tf.constant(x), tf.constant(y), tf.constant(sw), variables,
-        seed=tf.constant(step_seed, tf.int64),
-    )
+    oracle = make_oracle(model, tf.constant(x), tf.constant(y), tf.constant(sw),
+                         seed=tf.constant(step_seed, tf.int64), cls=RecordingOracle)
     ref = NumpyMLP(l2=L2)
     g = ref.grad(w, x, y, sw)
     step = algorithm.compute_update(oracle, [tf.constant(t, tf.float32) for t in g])
@@ -203,8 +201,8 @@ def test_sharpness_aware_uses_jitter_when_the_examples_gradient_is_zero():
     model, x, y, _, w = _setup(algorithms.SharpnessAware(rho=0.2), l2=0.0)
     sw = np.zeros(len(x), "float32")
     model.build((None, 4))
-    oracle = RecordingOracle(model, tf.constant(x), tf.constant(y), tf.constant(sw),
-                             model.trainable_variables, seed=tf.constant([1, 0], tf.int64))
+    oracle = make_oracle(model, tf.constant(x), tf.constant(y), tf.constant(sw),
+                         seed=tf.constant([1, 0], tf.int64), cls=RecordingOracle)
     grads = [tf.zeros_like(v) for v in model.trainable_variables]
     update = model.algorithm.compute_update(oracle, grads).update
     offsets = [c[0] for c in oracle.calls]

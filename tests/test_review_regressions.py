@@ -8,8 +8,8 @@ import tensorflow as tf
 
 import keras_flat
 from keras_flat import hessian
-from keras_flat.training.oracle import GradientOracle
 
+from helpers import make_oracle
 from helpers import mlp
 from helpers import regression_data
 
@@ -22,8 +22,8 @@ def test_sa_examples_of_a_batchnorm_model_are_masked_not_gathered():
     model = keras_flat.FlatMinimaModel(inner, "sa", rho=0.1)
     model.compile(optimizer="sgd", loss="mse")
     variables = model.trainable_variables
-    oracle = GradientOracle(model, tf.constant(x), tf.constant(y), None, variables,
-                            seed=tf.constant([1, 2], tf.int64))
+    oracle = make_oracle(model, tf.constant(x), tf.constant(y), None,
+                         seed=tf.constant([1, 2], tf.int64))
     subset = oracle.sample_subset(1, tf.constant([3, 4], tf.int64))
     assert subset.masked
     _, grads = oracle.gradient(subset=subset)

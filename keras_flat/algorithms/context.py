@@ -3,7 +3,6 @@
 from keras import ops
 
 from keras_flat import backend
-from keras_flat.utils import structure
 from keras_flat.utils import vector
 
 
@@ -35,7 +34,6 @@ class StepContext:
         self.view = oracle.global_view(self.grads, sync)
         self.grad_norm = vector.norm(self.view)
         self._direction = None
-        self._parameters = None
 
     @property
     def direction(self):
@@ -57,7 +55,7 @@ class StepContext:
         A schedule's value at `step`, or the current value of a constant
         learning rate (which a callback may have changed).
         """
-        return ops.cast(self.oracle.model.optimizer.learning_rate, "float32")
+        return self.oracle.learning_rate
 
     @property
     def progress(self):
@@ -79,10 +77,7 @@ class StepContext:
 
     def parameters(self):
         """`[keras_flat.utils.structure.Parameter]` of the trainable variables, in order."""
-        if self._parameters is None:
-            table = structure.parameters_by_id(self.oracle.model)
-            self._parameters = [table[id(v)] for v in self.trainable_variables]
-        return self._parameters
+        return self.oracle.parameters
 
     def seed(self, stream):
         """A stateless seed for the random stream numbered `stream` in this step."""

@@ -13,13 +13,13 @@ import re
 import time
 import weakref
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from keras_flat.hessian import diagnose
 from keras_flat.hessian import exact
 from keras_flat.hessian import losses
+from keras_flat.training.evaluation import loss_at
 from keras_flat.utils import vector
 
 HVP_METHODS = ("forward_over_backward", "double_backward")
@@ -79,6 +79,7 @@ class CompiledHessian:
     def __init__(self, model, loss, training, method, jit_compile):
         self._model = weakref.ref(model)
         self.loss = loss
+        self.weighted_loss = None if loss is None else functools.partial(losses.apply, loss)
         self.training = bool(training)
         self.variables = list(model.trainable_variables)
         self.dimension = int(sum(np.prod(v.shape) for v in self.variables))
@@ -103,40 +104,31 @@ class CompiledHessian:
     # ---- Loss ------------------------------------------------------------
 
     def batch_loss(self, x, y, sample_weight, second_order=True):
-        """The training loss on one batch (no variable is updated).
-
-        The model runs in a `keras.StatelessScope` holding every variable's
-        current value: BatchNorm statistics, seed states and loss-metric
-        updates made by the call are discarded, and `add_loss` and activity
-        regularization terms are collected.
+        """The training loss on one batch, its mean over the batch (no variable is updated).
 
         Args:
             x, y, sample_weight: One batch.
             second_order: Whether the loss will be differentiated twice; it
                 must then be traced inside `exact_second_derivatives()`
-                (every measurement function is), which is checked. False
-                for loss values alone (the landscape's surfaces).
+                (every measurement function is), which is checked.
         """
         if second_order:
             exact.check_active()
+        return self.loss_and_predictions(x, y, sample_weight)[0]
+
+    def loss_and_predictions(self, x, y, sample_weight):
+        """`(loss, y_pred)` on one batch: `batch_loss`'s value and the model's predictions.
+
+        See `keras_flat.training.evaluation.loss_at`: every variable keeps its current
+        value (an enclosing `keras.StatelessScope`'s, if any), and what the
+        call writes (BatchNorm statistics, seed states, loss-metric updates)
+        is discarded. The loss is not checked for second derivatives.
+        """
         model = self.model
-        mapping = [(v, v.value) for v in model.variables]
-        with keras.StatelessScope(state_mapping=mapping, collect_losses=True):
-            y_pred = model(x, training=self.training)
-            if self.loss is None:
-                loss = model.compute_loss(
-                    x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
-                    training=self.training,
-                )
-                # compute_loss divides by the replicas of an active strategy.
-                replicas = tf.distribute.get_strategy().num_replicas_in_sync
-                if replicas > 1:
-                    loss = loss * tf.cast(replicas, loss.dtype)
-            else:
-                loss = losses.apply(self.loss, y, y_pred, sample_weight)
-                for extra in model.losses:
-                    loss = loss + tf.cast(extra, loss.dtype)
-        return tf.cast(loss, self.dtype)
+        loss, y_pred, _ = loss_at(model, [(v, v.value) for v in model.variables], x, y,
+                                  sample_weight, training=self.training,
+                                  loss=self.weighted_loss, mean=True)
+        return tf.cast(loss, self.dtype), y_pred
 
     # ---- Products ----------------------------------------------------------
 

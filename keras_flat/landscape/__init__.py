@@ -37,8 +37,6 @@ plane.to_csv("plane.csv")
 from keras_flat.landscape.directions import Directions
 from keras_flat.landscape.eigen import eigen_directions
 from keras_flat.landscape.evaluator import Evaluator
-from keras_flat.landscape.filters import Parameter
-from keras_flat.landscape.filters import describe_parameters
 from keras_flat.landscape.interpolate import interpolate
 from keras_flat.landscape.minima import compare_minima
 from keras_flat.landscape.plot import plot_1d
@@ -54,6 +52,8 @@ from keras_flat.landscape.surface import surface_2d
 from keras_flat.landscape.trajectory import TrajectoryPCA
 from keras_flat.landscape.trajectory import TrajectoryRecorder
 from keras_flat.landscape.trajectory import trajectory_pca
+from keras_flat.utils.structure import Parameter
+from keras_flat.utils.structure import describe_parameters
 
 __all__ = [
     "Directions",

@@ -22,7 +22,8 @@ class CompiledEvaluation:
 
     Args:
         kernel: The model's `keras_flat.hessian.compiled.CompiledHessian`,
-            whose `batch_loss` gives the training loss.
+            whose `loss_and_predictions` gives the training loss (and the
+            predictions the metrics take).
         variables: The variables the directions move, in order.
         nonnegative: Variables whose moved values are clipped at zero.
         metrics: Also compute the compiled metrics.
@@ -57,9 +58,9 @@ class CompiledEvaluation:
             reset = {id(v): scope.get_current_value(v) for m in metrics for v in m.variables}
             loss = tf.zeros((), kernel.dtype)
             for i, (x, y, sample_weight) in enumerate(batches):
-                loss += weights[i] * kernel.batch_loss(x, y, sample_weight, second_order=False)
+                value, y_pred = kernel.loss_and_predictions(x, y, sample_weight)
+                loss += weights[i] * value
                 if metrics:
-                    y_pred = model(x, training=kernel.training)
                     model.compute_metrics(x, y, y_pred, sample_weight)
             names, results = ["loss"], [tf.cast(loss, tf.float32)]
             for metric in metrics:

@@ -5,9 +5,9 @@ import numpy as np
 
 from keras_flat.hessian.operator import check_model
 from keras_flat.landscape.evaluator import Evaluator
-from keras_flat.landscape.filters import batchnorm_variances
 from keras_flat.landscape.surface import Surface1D
 from keras_flat.landscape.surface import grid
+from keras_flat.utils.batch_statistics import batchnorm_variances
 from keras_flat.utils.deprecation import renamed_arguments
 
 

@@ -4,8 +4,8 @@ import numpy as np
 
 from keras_flat.hessian.operator import check_model
 from keras_flat.landscape.directions import Directions
-from keras_flat.landscape.filters import describe_parameters
 from keras_flat.utils.deprecation import renamed_arguments
+from keras_flat.utils.structure import describe_parameters
 from keras_flat.utils.validation import check_bool
 from keras_flat.utils.validation import check_choice
 from keras_flat.utils.validation import check_count
@@ -28,7 +28,7 @@ def random_directions(model, num_directions=2, seed=0, normalization="filter",
     filter by its own size, which makes plots of different minima and
     networks comparable despite the scale invariance of ReLU and
     normalisation layers. `describe_parameters` (in
-    `keras_flat.landscape.filters`) says what a filter is for each layer:
+    `keras_flat.utils.structure`) says what a filter is for each layer:
     an output unit of `Dense`, an output channel of a convolution, one
     token's vector of an `Embedding`.
 

@@ -13,12 +13,13 @@ from keras_flat.algorithms.pieces.base import BuildContext
 from keras_flat.training import guard
 from keras_flat.training.algorithm_state import AlgorithmState
 from keras_flat.training.evaluation import BatchEvaluation
+from keras_flat.training.evaluation import LossScale
+from keras_flat.training.evaluation import batch_mean
 from keras_flat.training.oracle import GradientOracle
-from keras_flat.training.oracle import loss_scale
-from keras_flat.training.oracle import rescale_gradients
 from keras_flat.training.step_statistics import StepStatistics
 from keras_flat.utils import internals
 from keras_flat.utils import structure
+from keras_flat.utils.batch_statistics import batchnorm_layers
 from keras_flat.utils.validation import check_choice
 from keras_flat.utils.validation import check_number
 
@@ -96,12 +97,9 @@ class FlatMinimaModel(keras.Model):
             (an algorithm's `get_config()`), `None` for plain training, or
             `"default"` (the default): `keras_flat.algorithms.default()`,
             SAM on the steps whose squared gradient norm is at least its
-            running mean (AE-SAM's trigger at a constant threshold), chosen
-            because it trains from scratch about as well as plain training
-            and ends flatter on the most tasks of
-            `python -m benchmarks.defaults` (see `benchmarks/RESULTS.md`).
-            It is not the paper's rule: to escape a sharp minimum reached
-            already (the paper's setting), use `"sa"`. The registered names:
+            running mean (AE-SAM's trigger at a constant threshold), for
+            training from scratch. To escape a sharp minimum reached
+            already, use `"sa"`. The registered names:
 
             {registered_rules}
 
@@ -148,22 +146,28 @@ class FlatMinimaModel(keras.Model):
         self.step_statistics = StepStatistics(skipped=on_nonfinite != "ignore")
         self.algorithm_state = AlgorithmState(seed=seed, name="algorithm_state")
         self.seed_generator = self.algorithm_state.seeds
-        # The trainable variables the algorithm's state was built for (ids).
+        # The trainable variables the algorithm's state was built for (ids),
+        # and their descriptions, by id.
         self._algorithm_built_for = None
+        self._parameters = {}
         if model.built:
             self.built = True
-            self._build_algorithm()
+        self._build_algorithm()
 
     def _build_algorithm(self):
         """Creates the algorithm's state for the current trainable variables.
 
-        Called at construction for a built model, before each new training
-        function is made (under a strategy Keras builds the model first; after
-        `compile`, the trainable set may have changed: a backbone frozen or
-        unfrozen for fine-tuning), and in the first trace of `train_step`
-        (without a strategy, Keras builds an unbuilt model there). State sized
-        by the trainable variables (LookSAM's stored direction, ARWP's
-        per-filter sums) is created afresh when the set has changed.
+        The one entry to the algorithm's build, run at the three moments its
+        variables can be made: at construction (for a built model, so that
+        saved weights load into them), whenever a new training function is
+        made (after `compile`, the trainable set may have changed: a backbone
+        frozen or unfrozen for fine-tuning; under a strategy Keras has built
+        the model by then), and in the training step (without a strategy
+        Keras builds an unbuilt model in its first trace). It does nothing
+        before the inner model is built or when the state is already built
+        for the current trainable set; state sized by the trainable variables
+        (LookSAM's stored direction, ARWP's per-filter sums) is created afresh
+        when the set has changed.
         """
         if not self.inner.built:
             return
@@ -179,16 +183,19 @@ class FlatMinimaModel(keras.Model):
                     "requires; the algorithm's state is then rebuilt."
                 )
             self.algorithm_state.reset()
-        table = structure.parameters_by_id(self.inner)
-        build = BuildContext(variables, [table[id(v)] for v in variables],
+        self._parameters = structure.parameters_by_id(self.inner)
+        build = BuildContext(variables, [self._parameters[id(v)] for v in variables],
                              self.algorithm_state.make_variable)
-        self.algorithm.build(build)
+        if tf.inside_function():  # In the first trace, which created the model's variables.
+            self.algorithm.build(build)
+        else:
+            with self.distribute_strategy.scope():
+                self.algorithm.build(build)
         self._algorithm_built_for = signature
 
     def make_train_function(self, force=False):
         if self.train_function is None or force:  # It will be traced anew.
-            with self.distribute_strategy.scope():
-                self._build_algorithm()
+            self._build_algorithm()
         return super().make_train_function(force=force)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
@@ -231,12 +238,11 @@ class FlatMinimaModel(keras.Model):
 
     def _clean_pass(self, x, y, sample_weight):
         """Step 1: the forward pass (the only one that writes state) and its gradient."""
-        clean = _CleanPass(scale=loss_scale(self.optimizer))
+        clean = _CleanPass(scale=LossScale(self.optimizer))
         if not self.inner.built:  # Only in the first trace, which builds the model.
             with keras.StatelessScope():
                 self.inner(x, training=True)
-        if self._algorithm_built_for is None:
-            self._build_algorithm()
+        self._build_algorithm()
         # The forward pass writes BatchNorm statistics and the seeds of random
         # layers (Dropout, augmentation); the step's own seed counter advances
         # too. Their values before it are what a skipped step restores, and
@@ -245,17 +251,16 @@ class FlatMinimaModel(keras.Model):
         forward = guard.forward_state(self.inner)
         clean.guard = guard.StepGuard(forward + [self.seed_generator.state])
         clean.saved = clean.guard.snapshot()
-        clean.forward = list(zip(forward, clean.saved))
         variables = self.trainable_variables
-        clean.evaluation = BatchEvaluation(self, variables, clean.forward, clean.scale)
+        clean.evaluation = BatchEvaluation(self, variables, zip(forward, clean.saved),
+                                           clean.scale)
         values = [tf.convert_to_tensor(v) for v in variables]
         clean.loss, grads, clean.y_pred, written = clean.evaluation(
             values, x, y, sample_weight)
         for variable, value in zip(forward, written):
             variable.assign(value)
         internals.loss_tracker(self).update_state(
-            _unscale_for_distribution(clean.loss), sample_weight=_batch_size(x)
-        )
+            batch_mean(clean.loss), sample_weight=_batch_size(x))
         connected = [i for i, g in enumerate(grads) if g is not None]
         clean.variables = [variables[i] for i in connected]
         clean.grads = [grads[i] for i in connected]
@@ -273,31 +278,37 @@ class FlatMinimaModel(keras.Model):
             with tf.control_dependencies(clean.grads):
                 seed = tf.identity(self.seed_generator.next())
         return GradientOracle(
-            self, x, y, sample_weight, clean.variables, seed=seed, scale=clean.scale,
+            clean.evaluation, x, y, sample_weight, clean.variables, seed=seed,
             step=self.optimizer.iterations,
             planned_steps=self.algorithm_state.planned_steps,
-            state=clean.forward, evaluation=clean.evaluation,
+            optimizer=self.optimizer,
+            parameters=[self._parameters[id(v)] for v in clean.variables],
+            masked_subsets=bool(batchnorm_layers(self.inner, include_frozen=False)),
         )
 
     def _apply(self, clean, step):
-        """Step 3: one `optimizer.apply`, unless the step is not finite anywhere."""
-        update, variables = step.update, clean.variables
+        """Step 3: one `optimizer.apply`, unless the step is not finite anywhere.
+
+        The update enters at true scale and is scaled for the optimizer here,
+        once (see `LossScale`).
+        """
         bad, skipped = None, None
         if clean.guard is not None:
-            bad = guard.nonfinite_anywhere(update, clean.loss)
-            update = rescale_gradients(update, clean.scale)
-            if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
-                # It skips non-finite steps itself; make its decision global.
-                self.optimizer.apply(guard.poison(update, bad), variables)
-            else:
-                if not self.optimizer.built:  # Not inside the conditional.
-                    self.optimizer.build(self.trainable_variables)
-                guard.apply_unless(bad, self.optimizer, update, variables)
+            bad = guard.nonfinite_anywhere(step.update, clean.loss)
+        update, variables = clean.scale.for_optimizer(step.update), clean.variables
+        if bad is None:
+            self.optimizer.apply(update, variables)
+        elif isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            # It skips non-finite steps itself; make its decision global.
+            self.optimizer.apply(guard.poison(update, bad), variables)
+        else:
+            if not self.optimizer.built:  # Not inside the conditional.
+                self.optimizer.build(self.trainable_variables)
+            guard.apply_unless(bad, self.optimizer, update, variables)
+        if bad is not None:
             clean.guard.restore_if(bad, clean.saved)
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
             skipped = tf.cast(bad, tf.float32) / replicas
-        else:
-            self.optimizer.apply(rescale_gradients(update, clean.scale), variables)
         for variable, value in step.assignments:  # The algorithm's own state.
             value = tf.cast(value, variable.dtype)
             if bad is not None:
@@ -322,17 +333,18 @@ class FlatMinimaModel(keras.Model):
             iterator = None
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
-    def fit(self, *args, **kwargs):
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
+            *args, **kwargs):
+        # `keras.Model.fit` with the callbacks the rule needs: Keras 3 gives a
+        # model no other way to add callbacks to `fit`, and only they learn
+        # the number of steps `fit` plans (`_PlanRecorder`).
         if _num_workers(self.distribute_strategy) > 1:
             internals.check_symbolic_build_hook()
         extra = [_PlanRecorder()]
         if self.on_nonfinite == "raise":
             extra.append(RaiseOnNonFinite())
-        if len(args) > 5:  # callbacks passed positionally
-            args = args[:5] + (_with(args[5], extra),) + args[6:]
-        else:
-            kwargs["callbacks"] = _with(kwargs.get("callbacks"), extra)
-        return super().fit(*args, **kwargs)
+        return super().fit(x, y, batch_size, epochs, verbose, _with(callbacks, extra),
+                           *args, **kwargs)
 
     def train_on_batch(self, *args, **kwargs):
         logs = super().train_on_batch(*args, **{**kwargs, "return_dict": True})
@@ -498,23 +510,13 @@ def _batch_size(x):
     return tf.shape(next(t for t in tf.nest.flatten(x) if t is not None))[0]
 
 
-def _unscale_for_distribution(loss):
-    # compute_loss divides by the number of replicas; the tracker reports the
-    # per-batch mean, as Keras's own train_step does.
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    if replicas > 1:
-        loss = loss * tf.cast(replicas, loss.dtype)
-    return loss
-
-
 class _CleanPass:
     """What the clean pass of one training step leaves for the other two steps."""
 
     def __init__(self, scale):
-        self.scale = scale  # The loss scale, or None.
+        self.scale = scale  # The step's `LossScale`.
         self.guard = None  # A `guard.StepGuard` of the forward-pass state, if protected.
-        self.saved = None  # Its snapshot.
-        self.forward = []  # (variable, value before the forward pass) of its state.
+        self.saved = None  # Its snapshot, the state before the forward pass.
         self.evaluation = None  # The step's `BatchEvaluation`, shared with the oracle.
         self.y_pred = None
         self.loss = None

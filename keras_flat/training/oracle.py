@@ -1,12 +1,10 @@
 """The gradient oracle `FlatMinimaModel.train_step` hands to an algorithm."""
 
-import keras
 import tensorflow as tf
 
-from keras_flat.training.evaluation import BatchEvaluation
+from keras_flat.training.evaluation import batch_mean
 from keras_flat.utils import rng
 from keras_flat.utils import vector
-from keras_flat.utils.internals import flatten_layers
 
 
 class GradientOracle:
@@ -14,18 +12,19 @@ class GradientOracle:
 
     Built by `FlatMinimaModel.train_step` for one batch, after the clean
     pass. `gradient` evaluates the training loss (regularization included)
-    at `w + offset`, on the whole batch or on a subset of its examples, by
-    calling the model inside a `keras.StatelessScope`: no variable is
-    written, BatchNorm statistics and other non-trainable updates of the
+    at `w + offset`, on the whole batch or on a subset of its examples,
+    through the step's `keras_flat.training.evaluation.BatchEvaluation`: no variable
+    is written, BatchNorm statistics and other non-trainable updates of the
     perturbed pass are discarded, and no Python state changes, so it is
-    safe under `tf.function`, XLA and `tf.distribute`.
+    safe under `tf.function`, XLA and `tf.distribute`. The oracle never
+    calls the model itself.
 
     Gradient convention: like the clean gradient Keras computes inside a
     replica, a returned gradient is this replica's contribution (the loss
-    carries Keras's 1/num_replicas factor), with any loss scaling removed,
-    so contributions summed over replicas give the global-batch gradient.
-    `global_view` turns a contribution into a full-scale gradient for norms
-    and directions.
+    carries Keras's 1/num_replicas factor), at true scale (loss scaling is
+    the evaluation's), so contributions summed over replicas give the
+    global-batch gradient. `global_view` turns a contribution into a
+    full-scale gradient for norms and directions.
 
     Subsets of a model with batch statistics (BatchNormalization layers in
     training mode) keep the whole batch, in training mode, with zero weight
@@ -40,52 +39,47 @@ class GradientOracle:
     gradient on such models.
 
     Args:
-        model: The `FlatMinimaModel`.
+        evaluation: The step's `BatchEvaluation` (shared with the clean
+            pass). It may know more variables than `trainable_variables`
+            (those the loss does not reach); they keep their current values.
         x, y, sample_weight: The batch, as unpacked by Keras.
         trainable_variables: The variables the optimizer updates.
         seed: The step's stateless seed, an int tensor of shape `(2,)`, or
             None for an algorithm that draws no random numbers.
-        scale: The step's loss scale (from `loss_scale`), or None.
         step: The training step's index (the optimizer's `iterations`
             before this step's update), for algorithms that perturb on a
             schedule.
         planned_steps: The number of steps the current `fit` plans (epochs
             × steps per epoch), or 0 when unknown.
-        state: `(variable, value)` pairs: the non-trainable state the clean
-            forward pass writes (BatchNorm statistics, the seeds of Dropout
-            and augmentation layers), with the values it had before that
-            pass; see `keras_flat.training.evaluation.BatchEvaluation`.
-        evaluation: The step's `BatchEvaluation` (shared with the clean
-            pass), or None for one of the oracle's own. It may know more
-            variables than `trainable_variables` (those the loss does not
-            reach); they keep their current values.
+        optimizer: The optimizer, whose learning rate `learning_rate` reads.
+        parameters: The `keras_flat.utils.structure.Parameter`s of
+            `trainable_variables`, in order.
+        masked_subsets: Whether the model normalises with batch statistics,
+            so that subsets keep the whole batch (see above).
     """
 
     def __init__(
-        self, model, x, y, sample_weight, trainable_variables, seed, scale=None,
-        step=None, planned_steps=None, state=(), evaluation=None,
+        self, evaluation, x, y, sample_weight, trainable_variables, seed=None, step=None,
+        planned_steps=None, optimizer=None, parameters=None, masked_subsets=False,
     ):
-        self._scale = scale
-        self._step = step
-        self._planned_steps = planned_steps
-        self._model = model
+        self._evaluation = evaluation
         self._x = x
         self._y = y
         self._sample_weight = sample_weight
         self.trainable_variables = list(trainable_variables)
-        self._values = None
         self._seed = seed
-        if evaluation is None:
-            evaluation = BatchEvaluation(model, self.trainable_variables, state, scale)
-        self._evaluation = evaluation
+        self._step = step
+        self._planned_steps = planned_steps
+        self._optimizer = optimizer
+        self.parameters = None if parameters is None else list(parameters)
+        # With batch statistics a few examples alone are a different function
+        # (BatchNorm of a single example is constant): mask instead of gather.
+        self.masked_subsets = masked_subsets
+        self._values = None
         # Where each of this oracle's variables sits among the evaluation's.
         index = {id(v): i for i, v in enumerate(evaluation.variables)}
         self._positions = [index[id(v)] for v in self.trainable_variables]
-        strategy = tf.distribute.get_strategy()
-        self.num_replicas = strategy.num_replicas_in_sync
-        # With batch statistics a few examples alone are a different function
-        # (BatchNorm of a single example is constant): mask instead of gather.
-        self.masked_subsets = has_batch_statistics(model)
+        self.num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
 
     @property
     def step(self):
@@ -119,9 +113,13 @@ class GradientOracle:
         return tf.shape(_first_leaf(self._x))[0]
 
     @property
-    def model(self):
-        """The model being trained."""
-        return self._model
+    def learning_rate(self):
+        """The optimizer's learning rate at this step, a float32 scalar tensor.
+
+        A schedule's value at `step`, or the current value of a constant
+        learning rate (which a callback may have changed).
+        """
+        return tf.cast(self._optimizer.learning_rate, tf.float32)
 
     @property
     def progress(self):
@@ -164,9 +162,7 @@ class GradientOracle:
         if sync == "global":
             context = tf.distribute.get_replica_context()
             return context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-        return tf.nest.map_structure(
-            lambda g: g * tf.cast(self.num_replicas, g.dtype), grads
-        )
+        return batch_mean(grads)
 
     def sample_subset(self, count, seed, sync="global"):
         """Chooses `min(count, n)` distinct examples of one replica's batch.
@@ -329,16 +325,6 @@ class Subset:
         return weights * tf.reshape(mask, [-1] + [1] * (rank - 1))
 
 
-def has_batch_statistics(model):
-    """Whether any layer of `model` normalises with batch statistics in training.
-
-    A BatchNormalization layer frozen with `trainable=False` normalises by
-    its moving statistics even in training mode, like a per-example layer.
-    """
-    return any(isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
-               for layer in flatten_layers(model))
-
-
 def _uniform_index(key, size):
     """A uniform index in [0, size) (0 for an empty batch)."""
     u = rng.uniform([1], key)[0]
@@ -351,33 +337,6 @@ def _draw(key, size, first, count):
     keys = rng.uniform([size], key)
     keys = tf.where(tf.range(size) == first, -1.0, keys)  # `first` sorts first.
     return tf.argsort(keys)[: tf.minimum(count, size)]
-
-
-def loss_scale(optimizer):
-    """The factor `optimizer.scale_loss` multiplies the loss by, or None.
-
-    Covers `keras.optimizers.LossScaleOptimizer` (mixed precision) and the
-    `loss_scale_factor` argument of every Keras optimizer. Read it once per
-    step and use it for the evaluation's unscaling and `rescale_gradients`.
-    """
-    scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer) or (
-        getattr(optimizer, "loss_scale_factor", None) is not None
-    )
-    if not scaled:
-        return None
-    return tf.cast(optimizer.scale_loss(tf.constant(1.0, tf.float32)), tf.float32)
-
-
-def rescale_gradients(grads, scale):
-    """Multiplies true-scale gradients by `scale`, to hand them back to the optimizer."""
-    if scale is None:
-        return list(grads)
-    return [_times(g, scale) for g in grads]
-
-
-def _times(tensor, factor):
-    dtype = vector.compute_dtype(tensor.dtype)
-    return tf.cast(tf.cast(tensor, dtype) * tf.cast(factor, dtype), tensor.dtype)
 
 
 def _first_leaf(structure):

@@ -193,9 +193,3 @@ def _einsum_output_axes(equation, rank):
         return None
     axes = tuple(i for i, letter in enumerate(kernel) if letter in output)
     return axes or None
-
-
-def batchnorm_layers(model):
-    """The `BatchNormalization` layers of `model`, nested ones included."""
-    return [layer for layer in internals.flatten_layers(model)
-            if isinstance(layer, keras.layers.BatchNormalization)]
