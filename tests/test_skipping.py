@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import keras_flat
-from keras_flat.training import guard
+from keras_flat.backend.tensorflow import guard
 
 from helpers import mlp
 from helpers import regression_data

@@ -8,9 +8,9 @@ import numpy as np
 import tensorflow as tf
 
 from keras_flat import algorithms as algorithms_module
+from keras_flat import backend
 from keras_flat.algorithms.base import Step
 from keras_flat.algorithms.pieces.base import BuildContext
-from keras_flat.training import guard
 from keras_flat.training.algorithm_state import AlgorithmState
 from keras_flat.training.evaluation import BatchEvaluation
 from keras_flat.training.evaluation import LossScale
@@ -132,7 +132,7 @@ class FlatMinimaModel(keras.Model):
     def __init__(self, model, algorithm="default", *, seed=None, on_nonfinite="skip",
                  **kwargs):
         model_kwargs = {k: kwargs.pop(k) for k in _MODEL_KWARGS if k in kwargs}
-        on_nonfinite = check_choice("on_nonfinite", on_nonfinite, guard.ON_NONFINITE)
+        on_nonfinite = check_choice("on_nonfinite", on_nonfinite, backend.ON_NONFINITE)
         _check_inner(model)
         algorithm = algorithms_module.get(algorithm, **kwargs)
         if seed is None:
@@ -248,8 +248,8 @@ class FlatMinimaModel(keras.Model):
         # too. Their values before it are what a skipped step restores, and
         # what the perturbed passes see, so random layers draw there exactly
         # what they drew in the clean pass.
-        forward = guard.forward_state(self.inner)
-        clean.guard = guard.StepGuard(forward + [self.seed_generator.state])
+        forward = backend.forward_state(self.inner)
+        clean.guard = backend.StepGuard(forward + [self.seed_generator.state])
         clean.saved = clean.guard.snapshot()
         variables = self.trainable_variables
         clean.evaluation = BatchEvaluation(self, variables, zip(forward, clean.saved),
@@ -294,17 +294,17 @@ class FlatMinimaModel(keras.Model):
         """
         bad, skipped = None, None
         if clean.guard is not None:
-            bad = guard.nonfinite_anywhere(step.update, clean.loss)
+            bad = backend.nonfinite_anywhere(step.update, clean.loss)
         update, variables = clean.scale.for_optimizer(step.update), clean.variables
         if bad is None:
             self.optimizer.apply(update, variables)
         elif isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
             # It skips non-finite steps itself; make its decision global.
-            self.optimizer.apply(guard.poison(update, bad), variables)
+            self.optimizer.apply(backend.poison(update, bad), variables)
         else:
             if not self.optimizer.built:  # Not inside the conditional.
                 self.optimizer.build(self.trainable_variables)
-            guard.apply_unless(bad, self.optimizer, update, variables)
+            backend.apply_unless(bad, self.optimizer, update, variables)
         if bad is not None:
             clean.guard.restore_if(bad, clean.saved)
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
@@ -515,7 +515,7 @@ class _CleanPass:
 
     def __init__(self, scale):
         self.scale = scale  # The step's `LossScale`.
-        self.guard = None  # A `guard.StepGuard` of the forward-pass state, if protected.
+        self.guard = None  # A `backend.StepGuard` of the forward-pass state, if protected.
         self.saved = None  # Its snapshot, the state before the forward pass.
         self.evaluation = None  # The step's `BatchEvaluation`, shared with the oracle.
         self.y_pred = None

@@ -4,5 +4,12 @@ from keras_flat.backend.tensorflow.control import after
 from keras_flat.backend.tensorflow.control import branch
 from keras_flat.backend.tensorflow.control import current_graph
 from keras_flat.backend.tensorflow.control import densify
+from keras_flat.backend.tensorflow.guard import ON_NONFINITE
+from keras_flat.backend.tensorflow.guard import StepGuard
+from keras_flat.backend.tensorflow.guard import apply_unless
+from keras_flat.backend.tensorflow.guard import forward_state
+from keras_flat.backend.tensorflow.guard import nonfinite_anywhere
+from keras_flat.backend.tensorflow.guard import poison
 
-__all__ = ["after", "branch", "current_graph", "densify"]
+__all__ = ["ON_NONFINITE", "StepGuard", "after", "apply_unless", "branch", "current_graph",
+           "densify", "forward_state", "nonfinite_anywhere", "poison"]
