@@ -7,8 +7,8 @@ import numpy as np
 import tensorflow as tf
 
 import keras_flat
-from keras_flat.training.evaluation import BatchEvaluation
-from keras_flat.training.oracle import GradientOracle
+from keras_flat.algorithms.oracle import GradientOracle
+from keras_flat.backend.tensorflow.evaluation import BatchEvaluation
 from keras_flat.utils.batch_statistics import batchnorm_layers
 from keras_flat.utils.structure import describe_parameters
 

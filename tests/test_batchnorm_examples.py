@@ -12,8 +12,8 @@ import tensorflow as tf
 
 import keras_flat
 from keras_flat import algorithms
+from keras_flat.algorithms.oracle import GradientOracle
 from keras_flat.training import model as model_module
-from keras_flat.training.oracle import GradientOracle
 from keras_flat.utils.batch_statistics import batchnorm_layers
 
 from helpers import flat_norm

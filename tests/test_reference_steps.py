@@ -7,7 +7,7 @@ import tensorflow as tf
 
 import keras_flat
 from keras_flat import algorithms
-from keras_flat.training.oracle import GradientOracle
+from keras_flat.algorithms.oracle import GradientOracle
 
 from helpers import NumpyMLP
 from helpers import flat_dot

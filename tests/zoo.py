@@ -550,7 +550,7 @@ class DrawRecorder:
         self.sites = 0
 
     def install(self, monkeypatch):
-        from keras_flat.training import oracle
+        from keras_flat.algorithms import oracle
 
         original = oracle.GradientOracle.gradient
         recorder = self

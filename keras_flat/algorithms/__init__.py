@@ -21,6 +21,7 @@ from keras_flat.algorithms.base import Algorithm
 from keras_flat.algorithms.base import Step
 from keras_flat.algorithms.composite import Composite
 from keras_flat.algorithms.context import StepContext
+from keras_flat.algorithms.oracle import GradientOracle
 from keras_flat.algorithms.pieces import how
 from keras_flat.algorithms.pieces import radius
 from keras_flat.algorithms.pieces import when
@@ -41,7 +42,6 @@ from keras_flat.algorithms.rules.rwp import RWP
 from keras_flat.algorithms.rules.sam import ASAM
 from keras_flat.algorithms.rules.sam import SAM
 from keras_flat.algorithms.rules.sam import FriendlySAM
-from keras_flat.training.oracle import GradientOracle
 
 __doc__ = registry.fill_docstring(__doc__)
 

@@ -4,7 +4,10 @@ What keras-flat needs that `keras.ops` does not give is reached through
 this module, which forwards to the implementation of the active Keras
 backend: a conditional whose branches evaluate gradients (`branch`),
 ordering a buffer's release (`after`), dense gradients (`densify`), the
-graph being built (`current_graph`), and the non-finite guard of a training
+graph being built (`current_graph`), the loss and gradients at given
+weights writing nothing (`keras_flat.backend.tensorflow.evaluation`: one
+primitive for the training step, the Hessian and the landscape), and the
+non-finite guard of a training
 step (`forward_state`, `StepGuard`, `nonfinite_anywhere`, `apply_unless`,
 `poison`: skipping an update on every replica at once, which on TensorFlow
 means `tf.cond` and `merge_call`). Only TensorFlow has an implementation

@@ -16,10 +16,10 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
+from keras_flat.backend.tensorflow.evaluation import loss_at
 from keras_flat.hessian import diagnose
 from keras_flat.hessian import exact
 from keras_flat.hessian import losses
-from keras_flat.training.evaluation import loss_at
 from keras_flat.utils import vector
 
 HVP_METHODS = ("forward_over_backward", "double_backward")
@@ -119,7 +119,7 @@ class CompiledHessian:
     def loss_and_predictions(self, x, y, sample_weight):
         """`(loss, y_pred)` on one batch: `batch_loss`'s value and the model's predictions.
 
-        See `keras_flat.training.evaluation.loss_at`: every variable keeps its current
+        See `keras_flat.backend.tensorflow.evaluation.loss_at`: every variable keeps its current
         value (an enclosing `keras.StatelessScope`'s, if any), and what the
         call writes (BatchNorm statistics, seed states, loss-metric updates)
         is discarded. The loss is not checked for second derivatives.

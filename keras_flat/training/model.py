@@ -10,12 +10,12 @@ import tensorflow as tf
 from keras_flat import algorithms as algorithms_module
 from keras_flat import backend
 from keras_flat.algorithms.base import Step
+from keras_flat.algorithms.oracle import GradientOracle
 from keras_flat.algorithms.pieces.base import BuildContext
+from keras_flat.backend.tensorflow.evaluation import BatchEvaluation
+from keras_flat.backend.tensorflow.evaluation import LossScale
+from keras_flat.backend.tensorflow.evaluation import batch_mean
 from keras_flat.training.algorithm_state import AlgorithmState
-from keras_flat.training.evaluation import BatchEvaluation
-from keras_flat.training.evaluation import LossScale
-from keras_flat.training.evaluation import batch_mean
-from keras_flat.training.oracle import GradientOracle
 from keras_flat.training.step_statistics import StepStatistics
 from keras_flat.utils import internals
 from keras_flat.utils import structure

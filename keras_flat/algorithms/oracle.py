@@ -2,7 +2,7 @@
 
 import tensorflow as tf
 
-from keras_flat.training.evaluation import batch_mean
+from keras_flat.backend.tensorflow.evaluation import batch_mean
 from keras_flat.utils import rng
 from keras_flat.utils import vector
 
@@ -13,7 +13,7 @@ class GradientOracle:
     Built by `FlatMinimaModel.train_step` for one batch, after the clean
     pass. `gradient` evaluates the training loss (regularization included)
     at `w + offset`, on the whole batch or on a subset of its examples,
-    through the step's `keras_flat.training.evaluation.BatchEvaluation`: no variable
+    through the step's `keras_flat.backend.tensorflow.evaluation.BatchEvaluation`: no variable
     is written, BatchNorm statistics and other non-trainable updates of the
     perturbed pass are discarded, and no Python state changes, so it is
     safe under `tf.function`, XLA and `tf.distribute`. The oracle never
