@@ -10,9 +10,9 @@ examples the step used read back (`zoo.DrawRecorder`) and checked; and
 bit-identical throughout. A new rule is covered with no edit here; one
 whose pieces have no reference fails, naming the piece.
 
-The default suite runs each rule on two architectures and each
-architecture with at least two rules (a fixed rotation, eagerly); the slow
-suite runs the whole cross product, eagerly and compiled.
+The default suite runs each rule on two fast architectures and each of
+them with at least one rule (a fixed rotation; the step eagerly); the slow
+suite runs the whole cross product, and the compiled step of every pair.
 """
 
 import keras
@@ -43,15 +43,14 @@ def rotation(rule):
     return {FAST[i % len(FAST)], FAST[(i + len(FAST) // 2) % len(FAST)]}
 
 
-def _cases(slow_outside_rotation):
-    cases = []
-    for rule in RULES:
-        for name in zoo.NAMES:
-            default = name in rotation(rule)
-            if default or slow_outside_rotation:
-                marks = () if default else (pytest.mark.slow,)
-                cases.append(pytest.param(name, rule, marks=marks, id=f"{name}-{rule}"))
-    return cases
+def _cases():
+    """Every (architecture, rule) pair; those outside the rotation in the slow suite."""
+    return [pytest.param(name, rule, id=f"{name}-{rule}",
+                         marks=() if name in rotation(rule) else (pytest.mark.slow,))
+            for rule in RULES for name in zoo.NAMES]
+
+
+CASES = _cases()
 
 
 def build_rule(rule):
@@ -90,7 +89,7 @@ def _examples_gradient(zoo_model, inner, x, y):
     return sub_grad
 
 
-@pytest.mark.parametrize("name, rule", _cases(slow_outside_rotation=True))
+@pytest.mark.parametrize("name, rule", CASES)
 def test_one_step_equals_the_step_assembled_by_hand(name, rule, monkeypatch):
     # Run eagerly: a compiled step costs a trace per model and rule. The
     # slow suite checks the compiled step against the same reference.
@@ -98,12 +97,12 @@ def test_one_step_equals_the_step_assembled_by_hand(name, rule, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, rule", _cases(slow_outside_rotation=True))
+@pytest.mark.parametrize("name, rule", CASES)
 def test_the_compiled_step_equals_the_step_assembled_by_hand(name, rule, monkeypatch):
     check_one_step(name, rule, "compiled", monkeypatch)
 
 
-@pytest.mark.parametrize("name, rule", _cases(slow_outside_rotation=True))
+@pytest.mark.parametrize("name, rule", CASES)
 def test_fit_with_dropout_trains(name, rule):
     check_training(name, rule)
 
