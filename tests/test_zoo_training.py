@@ -3,7 +3,8 @@
 For each rule of `keras_flat.algorithms.registry` (run with the arguments
 of `tests/reference/arguments.py`) and each zoo model: one `fit` step
 (Dropout off) equals the step assembled from gradients computed with
-`tf.GradientTape` over `model.stateless_call` and combined in NumPy by the
+`tf.GradientTape` over `model.stateless_call` (in a `tf.function`) and
+combined in NumPy by the
 references of the rule's pieces (`tests/reference`), with the offsets and
 examples the step used read back (`zoo.DrawRecorder`) and checked; and
 `fit` with Dropout on trains to a lower, finite loss. Frozen weights stay
@@ -72,7 +73,7 @@ def _examples_gradient(zoo_model, inner, x, y):
     gradient flows), with zero weight on the others: their share of the batch
     loss. Without it they are gathered and evaluated alone.
     """
-    whole = zoo.gradient_function(zoo_model.losses(), inner, x, y, compiled=False)
+    whole = zoo.gradient_function(zoo_model.losses(), inner, x, y)
     size = len(tf.nest.flatten(x)[0])
     cache = {}
 
@@ -84,7 +85,7 @@ def _examples_gradient(zoo_model, inner, x, y):
         key = tuple(int(i) for i in idx)
         if key not in cache:
             cache[key] = zoo.gradient_function(
-                zoo_model.losses(), inner, _take(x, idx), _take(y, idx), compiled=False)
+                zoo_model.losses(), inner, _take(x, idx), _take(y, idx))
         return cache[key](values)[1]
     return sub_grad
 
@@ -161,7 +162,10 @@ def check_one_step(name, rule, mode, monkeypatch):
     w = zoo.weights_of(inner)
     frozen = _frozen_weights(inner)
     frozen_before = [np.array(v) for v in frozen]
-    grad = zoo.gradient_function(zoo_model.losses(), inner, x, y, compiled=False)
+    # Traced, as the step's own evaluation is: eager and traced kernels round
+    # differently, which MobileNetV3 (BatchNorm over 1x1 maps of 12 examples)
+    # amplifies to 0.3% of its gradient.
+    grad = zoo.gradient_function(zoo_model.losses(), inner, x, y)
     sub_grad = _examples_gradient(zoo_model, inner, x, y)
 
     with monkeypatch.context() as patch:

@@ -9,14 +9,18 @@ entry runs with its class defaults.
 
 ARGUMENTS = {
     "sam": {"rho": 0.07, "interval": 2, "start": 0, "perturbation_sync": "replica"},
-    "asam": {"rho": 0.9, "eta": 0.02, "interval": 2},
+    # At rho=0.9, ASAM does not train the transformer in the training test's
+    # five epochs (the loss ratio stays at 0.96 where 0.95 is asked).
+    "asam": {"rho": 0.3, "eta": 0.02, "interval": 2},
     "rs": {"rho": 0.3, "tolerance": 1e3, "perturbed_lr_scale": 2.0, "project": False,
            "antithetic": True, "interval": 2},
     "sa": {"rho": 0.1, "tolerance": 1e3, "perturbed_lr_scale": 0.5, "examples": 3,
            "jitter": 1e-4, "center": True, "antithetic": True, "start": 0},
     # rho_min < rho: the radius follows the learning rate (rho at a constant one).
     "gsam": {"rho": 0.1, "alpha": 0.3, "interval": 2, "rho_min": 0.02},
-    "looksam": {"rho": 0.1, "k": 3, "alpha": 0.5},
+    # Reusing the direction at alpha=0.5 for two steps in three, LookSAM does
+    # not train the transformer in five epochs (0.96) and MobileNet diverges.
+    "looksam": {"rho": 0.1, "k": 2, "alpha": 0.3},
     "aesam": {"rho": 0.1, "decay": 0.8, "threshold_start": 0.0, "threshold_end": 0.0},
     "rwp": {"sigma": 0.05, "perturbed_weight": 0.7, "include_offsets": True, "interval": 2},
     "arwp": {"sigma": 0.05, "perturbed_weight": 0.7, "eta": 0.5, "beta": 0.9},
