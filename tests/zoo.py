@@ -8,8 +8,11 @@ knows its compiled loss. The references here use only Keras and TensorFlow
 (`model.stateless_call`, Keras losses, `tf.GradientTape`) and NumPy, never
 keras_flat.
 
-`ALGORITHMS` is the one list of training algorithms the zoo tests iterate
-over; a new algorithm added there is covered by every zoo test.
+The training tests (tests/test_zoo_training.py) run every rule of
+`keras_flat.algorithms.registry`, with the arguments of
+tests/reference/arguments.py. `ALGORITHMS` is the list the README's table
+names (`readme_table()`), and `algorithm()` builds a rule with
+`ALGORITHM_ARGS`, for the other zoo tests that train with one.
 """
 
 import contextlib
@@ -21,7 +24,7 @@ import tensorflow as tf
 
 import keras_flat
 
-# The algorithms every zoo test runs, with the arguments they run with.
+# The rules the README's table names, and the arguments `algorithm()` gives them.
 ALGORITHMS = ("none", "sam", "asam", "rs", "sa")
 ALGORITHM_ARGS = {
     "sam": {"rho": 0.05},
@@ -524,28 +527,30 @@ def finite_difference_hessian(grad, weights, step=1e-6):
 
 
 class DrawRecorder:
-    """Records the offsets and example subsets of a compiled training step.
+    """Records the offsets and example subsets of a training step's gradient calls.
 
     While `install(monkeypatch)` is in effect, every call of the gradient
     oracle's `gradient(offset, subset)` also writes its offset and subset
     indices into variables (one slot per call site of the traced step), so
-    the random draws of RS and SA can be read back after `fit` and checked
-    against a reference assembled by hand. A slot whose call sat in a branch
-    that did not run stays unwritten.
+    the offsets and random draws of every rule can be read back after `fit`
+    and checked against a reference assembled by hand. A slot whose call sat
+    in a branch that did not run stays unwritten. Subsets of any size are
+    recorded.
 
     Args:
         variables: The trainable variables (shapes and dtypes of offsets).
         slots: Call sites to provide for.
-        examples: Size of a recorded subset.
+        examples: Initial size of a recorded subset (any size is recorded).
     """
 
-    def __init__(self, variables, slots=6, examples=1):
+    def __init__(self, variables, slots=10, examples=1):
         self.shapes = [tuple(v.shape) for v in variables]
         self.offsets = [[tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False)
                          for v in variables] for _ in range(slots)]
         self.has_offset = [tf.Variable(0, trainable=False) for _ in range(slots)]
-        self.subsets = [tf.Variable(tf.fill([examples], -1), trainable=False)
-                        for _ in range(slots)]
+        self.subsets = [tf.Variable(tf.fill([examples], -1), trainable=False,
+                                    shape=tf.TensorShape([None])) for _ in range(slots)]
+        self.has_subset = [tf.Variable(0, trainable=False) for _ in range(slots)]
         self.written = [tf.Variable(0, trainable=False) for _ in range(slots)]
         self.sites = 0
 
@@ -557,6 +562,9 @@ class DrawRecorder:
 
         def gradient(oracle_self, offset=None, subset=None):
             k = recorder.sites
+            assert k < len(recorder.written), (
+                f"more than {len(recorder.written)} gradient call sites: give the "
+                "DrawRecorder more slots")
             recorder.sites += 1
             writes = [recorder.written[k].assign(1)]
             if offset is not None:
@@ -568,7 +576,9 @@ class DrawRecorder:
                 writes += [r.assign(tf.cast(o, r.dtype))
                            for r, o in zip(recorder.offsets[k], offset)]
             if subset is not None:
-                writes.append(recorder.subsets[k].assign(tf.cast(subset.indices, tf.int32)))
+                writes.append(recorder.has_subset[k].assign(1))
+                writes.append(recorder.subsets[k].assign(
+                    tf.reshape(tf.cast(subset.indices, tf.int32), [-1])))
             with tf.control_dependencies(writes):
                 return original(oracle_self, offset=offset, subset=subset)
 
@@ -582,6 +592,7 @@ class DrawRecorder:
                 continue
             offset = ([np.array(v, np.float64) for v in self.offsets[k]]
                       if int(self.has_offset[k].numpy()) else None)
-            subset = np.array(self.subsets[k])
-            out.append((offset, None if subset[0] < 0 else subset))
+            subset = (np.array(self.subsets[k]) if int(self.has_subset[k].numpy())
+                      else None)
+            out.append((offset, subset))
         return out
