@@ -127,8 +127,8 @@ def test_the_arguments_name_registered_rules():
 def test_a_piece_without_a_reference_fails_naming_it_and_where_to_add_it():
     from keras_flat.algorithms import Composite
     from keras_flat.algorithms import how
-    from keras_flat.algorithms import piece
     from keras_flat.algorithms import when
+    from keras_flat.algorithms.pieces import base as piece
 
     class Elsewhere(piece.Perturbation):
         def gradient(self, ctx, prepared, state):

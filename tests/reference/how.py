@@ -40,7 +40,7 @@ def replace(config, g, h, point):
 def add_orthogonal(config, g, h, point):
     """Ahn, Jadbabaie & Sra: `(η/η′)·(g + P⊥h)`, `P⊥h = h - (<h,g>/‖g‖²)·g` (or `h` unprojected)."""
     step = add(g, project_out(h, g) if config["project"] else h)
-    return scale(step, config["scale"])
+    return scale(step, config["perturbed_lr_scale"])
 
 
 @HOW_REFERENCES.register("Mix")
@@ -55,7 +55,7 @@ def surrogate_gap(config, g, h, point):
     """GSAM: `h - α·g⊥`, `g⊥ = g - <g, ĥ>ĥ` the part of `g` orthogonal to `h`."""
     h_unit = unit(h)
     g_orthogonal = add(g, h_unit, -dot(g, h_unit))
-    return add(h, g_orthogonal, -config["alpha"])
+    return add(h, g_orthogonal, -config["gap_weight"])
 
 
 def _reuse_plain(config, g, point):
