@@ -35,11 +35,16 @@ WHERE_REFERENCES = Table(
 @WHERE_REFERENCES.register("Ascent")
 def ascent(config, point):
     """SAM's point `w + ρ·g/‖g‖` (zero offset for a zero gradient)."""
+    return _along_gradient("Ascent", config, point)
+
+
+def _along_gradient(name, config, point):
+    """The gradient at `w + ρ·g/‖g‖`, the recorded offset checked against it."""
     rho = radius_at(config["rho"], point)
     eps = scale(unit(point.g), rho)
-    offset, subset = point.draws.take("Ascent: the gradient at w + rho*g/|g|")
-    assert subset is None, "Ascent evaluates the whole batch"
-    assert_close(offset, eps, "Ascent's offset rho*g/|g|")
+    offset, subset = point.draws.take(f"{name}: the gradient at w + rho*g/|g|")
+    assert subset is None, f"{name} evaluates the whole batch"
+    assert_close(offset, eps, f"{name}'s offset rho*g/|g|")
     return point.grad(add(point.w, offset))
 
 
@@ -51,12 +56,7 @@ def friendly_ascent(config, point):
     point is SAM's, `w + ρ·g/‖g‖` (tests/test_friendly_sam.py follows the
     average over several steps).
     """
-    rho = radius_at(config["rho"], point)
-    eps = scale(unit(point.g), rho)
-    offset, subset = point.draws.take("FriendlyAscent: the gradient at w + rho*g/|g|")
-    assert subset is None, "FriendlyAscent evaluates the whole batch"
-    assert_close(offset, eps, "FriendlyAscent's first offset rho*g/|g|")
-    return point.grad(add(point.w, offset))
+    return _along_gradient("FriendlyAscent", config, point)
 
 
 @WHERE_REFERENCES.register("ScaledAscent")
