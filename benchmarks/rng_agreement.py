@@ -40,11 +40,21 @@ def _ulp(a, b):
 
 
 def _box_muller64(seed, size):
-    pairs = (size + 1) // 2
-    raw = (rng.bits([2 * pairs], seed).numpy() >> np.uint32(8)).astype(np.float64) * 2.0**-24
-    radius = np.sqrt(-2.0 * np.log(raw[:pairs] + 2.0**-24))
-    angle = 2.0 * np.pi * raw[pairs:]
-    return np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:size]
+    """The Box-Muller transform of the generator's uniforms, in float64: the
+    pairs of chunk `c` from the uniforms of seeds `fold_in(seed, 2c)` and
+    `fold_in(seed, 2c + 1)`."""
+    pairs, out = (size + 1) // 2, []
+    for chunk, lo in enumerate(range(0, pairs, rng._CHUNK)):
+        length = min(rng._CHUNK, pairs - lo)
+
+        def uniforms(stream, length=length):
+            raw = rng.bits([length], rng.fold_in(seed, stream)).numpy() >> np.uint32(8)
+            return raw.astype(np.float64) * 2.0**-24
+
+        radius = np.sqrt(-2.0 * np.log(uniforms(2 * chunk) + 2.0**-24))
+        angle = 2.0 * np.pi * uniforms(2 * chunk + 1)
+        out.append(np.stack([radius * np.cos(angle), radius * np.sin(angle)], 1).reshape(-1))
+    return np.concatenate(out)[:size] if out else np.zeros(0)
 
 
 def measure(size, seeds):

@@ -21,8 +21,8 @@ each of its two example gradients is a batch-sized pass: about 3x.
 LayerNorm and Dropout) and "lstm" (an LSTM text model) are token models.
 
 Usage:
-    python -m benchmarks.step_time [--models mlp cnn cnn-nobn transformer lstm] [--repeats 7]
-        [--steps 30]
+    python -m benchmarks.step_time [--models mlp mlp-wide cnn cnn-nobn transformer lstm]
+        [--repeats 7] [--steps 30] [--variants rs sa ...]
 """
 
 import argparse
@@ -57,12 +57,13 @@ def build(kind, variant, jit):
     return model
 
 
-def run(kinds, repeats, steps, jit=False):
+def run(kinds, repeats, steps, jit=False, variants=None):
+    variants = list(VARIANTS) if variants is None else ["plain keras", *variants]
     rows = []
     for kind in kinds:
         x, y = common.data(kind, steps)
         models, failed = {}, {}
-        for v in VARIANTS:  # Trace and warm up; a variant that fails is reported.
+        for v in dict.fromkeys(variants):  # Trace and warm up; a variant that fails is reported.
             model = build(kind, v, jit)
             try:
                 common.time_fit(model, x[:256], y[:256])
@@ -97,9 +98,11 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds per variant")
     parser.add_argument("--steps", type=int, default=30, help="steps of batch 128 per timed epoch")
     parser.add_argument("--jit", action="store_true", help="compile with jit_compile=True")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS)[1:],
+                        help="variants to time besides plain keras (default: all)")
     args = parser.parse_args(argv)
     print(f"Machine: {common.machine()}")
-    rows = run(args.models, args.repeats, args.steps, args.jit)
+    rows = run(args.models, args.repeats, args.steps, args.jit, args.variants)
     common.print_table(
         f"Step time, batch 128, jit_compile={args.jit} (median of {args.repeats})",
         rows,

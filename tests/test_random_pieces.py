@@ -8,8 +8,9 @@ from keras_flat.utils import rng
 from keras_flat.utils import vector
 
 SEED = tf.constant([7, 3], tf.int64)
-# Pieces straddling the cosine/sine boundary, the flat draw's scalar tail,
-# several chunks, empty pieces and an odd total.
+# Pieces straddling a Box-Muller pair and the chunk boundaries (every 2**20
+# values), the flat draw's scalar tail, several chunks, empty pieces and an
+# odd total.
 SIZES = [
     [12, 4, 8],
     [1000, 33, 77, 5],
@@ -53,9 +54,3 @@ def test_normal_like_is_the_flat_draw_split_into_the_tensors():
     np.testing.assert_allclose(np.concatenate([np.ravel(s) for s in sphere]),
                                0.3 * flat / np.linalg.norm(flat.astype(np.float64)),
                                rtol=1e-5, atol=1e-8)
-
-
-def test_counters_are_the_integers_from_start():
-    for start, length in [(0, 1), (5, 1023), (17, 1024), (2**31 + 3, 3000)]:
-        got = np.asarray(rng.counters(start, length, SEED), np.uint64)
-        np.testing.assert_array_equal(got, (start + np.arange(length)) % 2**32)
