@@ -40,8 +40,9 @@ def _ulp(a, b):
 
 
 def _box_muller64(seed, size):
-    """The Box-Muller transform of the generator's uniforms, in float64: the
-    pairs of chunk `c` from the uniforms of seeds `fold_in(seed, 2c)` and
+    """The Box-Muller transform of the generator's uniforms, in float64: chunk
+    `c` holds its pairs' cosines, then their sines, with the radii from the
+    uniforms of seed `fold_in(seed, 2c)` and the angles from those of
     `fold_in(seed, 2c + 1)`."""
     pairs, out = (size + 1) // 2, []
     for chunk, lo in enumerate(range(0, pairs, rng._CHUNK)):
@@ -53,7 +54,7 @@ def _box_muller64(seed, size):
 
         radius = np.sqrt(-2.0 * np.log(uniforms(2 * chunk) + 2.0**-24))
         angle = 2.0 * np.pi * uniforms(2 * chunk + 1)
-        out.append(np.stack([radius * np.cos(angle), radius * np.sin(angle)], 1).reshape(-1))
+        out.append(np.concatenate([radius * np.cos(angle), radius * np.sin(angle)]))
     return np.concatenate(out)[:size] if out else np.zeros(0)
 
 

@@ -110,10 +110,11 @@ def uniform(shape, seed, dtype=tf.float32):
     return tf.cast(tf.cast(top, tf.float32) * (2.0**-24), dtype)
 
 
-# Normals `2k` and `2k + 1` are the Box-Muller pair `k`. Pairs are drawn
-# `_CHUNK` at a time (a bound on the temporaries): the pairs of chunk `c` take
-# their radii from the uniforms of seed `fold_in(seed, 2c)` and their angles
-# from those of `fold_in(seed, 2c + 1)`. Chunks are computed the same way
+# Normals are Box-Muller pairs drawn `_CHUNK` pairs at a time (a bound on
+# the temporaries): chunk `c` holds the normals from `2c·_CHUNK` on, the
+# cosines of its `n` pairs followed by their sines, with the radii from the
+# uniforms of seed `fold_in(seed, 2c)` and the angles from those of
+# `fold_in(seed, 2c + 1)`. Chunks are computed the same way
 # whether the whole draw is asked for (`normal`) or its pieces
 # (`normal_pieces`): vectorised CPU kernels evaluate log, cos and sin on SIMD
 # packets and the last (length mod packet width) entries of an array with
@@ -122,10 +123,10 @@ _CHUNK = 1 << 19
 
 
 def _pairs(chunk, length, seed):
-    """The normals of the first `length` pairs of chunk `chunk`, interleaved."""
+    """The normals of the first `length` pairs of chunk `chunk`: cosines, then sines."""
     radius = tf.sqrt(-2.0 * tf.math.log(uniform([length], fold_in(seed, 2 * chunk)) + 2.0**-24))
     angle = _TWO_PI * uniform([length], fold_in(seed, 2 * chunk + 1))
-    return tf.reshape(tf.stack([radius * tf.cos(angle), radius * tf.sin(angle)], 1), [-1])
+    return tf.concat([radius * tf.cos(angle), radius * tf.sin(angle)], 0)
 
 
 def normal(shape, seed, dtype=tf.float32):
@@ -140,7 +141,7 @@ def normal(shape, seed, dtype=tf.float32):
     if size is not None:
         return tf.reshape(normal_pieces([int(size)], seed, dtype)[0], shape)
     size = tf.reduce_prod(tf.cast(shape, tf.int32))  # Known when run: one chunk.
-    values = _pairs(0, (size + 1) // 2, seed)[:size]
+    values = _pairs(0, (size + 1) // 2, seed)[:size]  # An odd size drops the last sine.
     return tf.cast(tf.reshape(values, shape), dtype)
 
 
@@ -183,7 +184,7 @@ def normal_pieces(sizes, seed, dtype=tf.float32):
             if need == 0:
                 piece += 1
                 need = sizes[piece] if piece < len(sizes) else 0
-        lengths.append(left)  # The odd draw's unused last value, if any.
+        lengths.append(left)  # An odd draw's unused last sine, if any.
         segments = tf.split(values, lengths) if len(lengths) > 1 else [values]
         for owner, segment in zip(owners, segments):
             pending.append(segment)
