@@ -51,6 +51,8 @@ import argparse
 import importlib
 import os
 import time
+import warnings
+from importlib import metadata
 
 import keras  # noqa: E402  (after common sets the log level)
 import numpy as np  # noqa: E402
@@ -301,13 +303,15 @@ def hessian_runners(kind, x, y, probes, iterations, torch, pyhessian):
         runners[("PyTorch", "gradient")] = _timed(
             lambda: torch.autograd.grad(criterion(tmodel(tx), ty), tparams))
         if pyhessian is not None:
-            h = pyhessian.hessian(tmodel, criterion, data=(tx, ty), cuda=False)
             never = float("-inf")  # No early stop: every requested iteration runs.
 
             def construct():
-                tmodel.zero_grad(set_to_none=True)
-                return pyhessian.hessian(tmodel, criterion, data=(tx, ty), cuda=False)
+                tmodel.zero_grad(set_to_none=True)  # Breaks the cycle backward() warns of.
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", "Using backward\\(\\) with create_graph")
+                    return pyhessian.hessian(tmodel, criterion, data=(tx, ty), cuda=False)
 
+            h = construct()
             runners[("PyHessian", "hessian(...) construction")] = _timed(construct)
             runners[("PyHessian", "Hutchinson probe, trace()")] = _timed(
                 lambda: h.trace(maxIter=probes, tol=never), len)
@@ -372,10 +376,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     print(f"Machine: {common.machine()}")
     peers = load_peers()
-    versions = [f"keras-flat {importlib.import_module('keras_flat').__version__}"]
-    for name, module in peers.items():
-        if module is not None:
-            versions.append(f"{name} {getattr(module, '__version__', '(no version)')}")
+    versions = [f"keras-flat {metadata.version('keras-flat')}"]
+    versions += [f"{name} {metadata.version(name)}" for name, module in peers.items()
+                 if module is not None]
     print(f"Peers: {', '.join(versions)}")
     if peers["torch"] is not None:
         print(f"PyTorch threads: {peers['torch'].get_num_threads()} (TensorFlow's intra-op "
