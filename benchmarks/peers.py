@@ -42,6 +42,10 @@ framework (PyTorch's BatchNorm uses Keras's epsilon and momentum); the tables
 give every framework's trainable parameter count. A peer that is not installed
 is skipped with a message; `pip install -e ".[peers]"` installs them.
 
+Run it on a quiet machine: PyTorch's rows suffer most from other load (its
+OpenMP threads meet at every operation, so a step of many small operations,
+like the MLP's SAM step, can take tens of times longer on a busy machine).
+
 Usage:
     python -m benchmarks.peers [--models mlp-wide cnn] [--repeats 11] [--steps 20]
         [--num-probes 16] [--iterations 20]
