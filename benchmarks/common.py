@@ -12,34 +12,36 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 
-def mlp(inputs=20, width=256, classes=10):
-    """The MLP of the feasibility notes: 20-256-256-10, 73.7k parameters."""
-    return keras.Sequential([
-        keras.Input((inputs,)),
-        keras.layers.Dense(width, activation="relu"),
-        keras.layers.Dense(width, activation="relu"),
-        keras.layers.Dense(classes),
+def mlp(inputs=20, width=256, classes=10, api=keras):
+    """The MLP of the feasibility notes: 20-256-256-10, 73.7k parameters.
+
+    `api` is the Keras module that builds it: `keras` (Keras 3), or
+    `tf_keras` for the same model in Keras 2 (benchmarks/peers.py).
+    """
+    return api.Sequential([
+        api.Input((inputs,)),
+        api.layers.Dense(width, activation="relu"),
+        api.layers.Dense(width, activation="relu"),
+        api.layers.Dense(classes),
     ])
 
 
-def mlp_wide():
-    """A dense model where weight-sized work dominates: 784-512-512-10, 670k parameters."""
-    return mlp(inputs=784, width=512)
+def cnn(size=32, channels=3, classes=10, width=32, batchnorm=True, api=keras):
+    """A small CNN: four 3x3 convolutions with BatchNorm, ~67k parameters.
 
-
-def cnn(size=32, channels=3, classes=10, width=32, batchnorm=True):
-    """A small CNN: four 3x3 convolutions with BatchNorm, ~67k parameters."""
-    layers = [keras.Input((size, size, channels))]
+    `api` as for `mlp`.
+    """
+    layers = [api.Input((size, size, channels))]
     for i, filters in enumerate((width, width, 2 * width, 2 * width)):
         layers += [
-            keras.layers.Conv2D(filters, 3, padding="same", use_bias=not batchnorm),
-            keras.layers.BatchNormalization() if batchnorm else keras.layers.Identity(),
-            keras.layers.ReLU(),
+            api.layers.Conv2D(filters, 3, padding="same", use_bias=not batchnorm),
+            api.layers.BatchNormalization() if batchnorm else api.layers.Identity(),
+            api.layers.ReLU(),
         ]
         if i % 2 == 1:
-            layers.append(keras.layers.MaxPooling2D())
-    layers += [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(classes)]
-    return keras.Sequential(layers)
+            layers.append(api.layers.MaxPooling2D())
+    layers += [api.layers.GlobalAveragePooling2D(), api.layers.Dense(classes)]
+    return api.Sequential(layers)
 
 
 VOCAB, SEQUENCE = 1000, 32
@@ -76,8 +78,9 @@ def lstm(dim=32, units=64, classes=10):
     ])
 
 
-MODELS = {"mlp": mlp, "cnn": cnn, "cnn-nobn": lambda: cnn(batchnorm=False),
-          "transformer": transformer, "lstm": lstm, "mlp-wide": mlp_wide}
+MODELS = {"mlp": mlp, "mlp-wide": lambda **kw: mlp(inputs=784, width=512, **kw),
+          "cnn": cnn, "cnn-nobn": lambda **kw: cnn(batchnorm=False, **kw),
+          "transformer": transformer, "lstm": lstm}
 TOKEN_MODELS = ("transformer", "lstm")
 
 
@@ -87,8 +90,8 @@ def data(kind, batches, batch_size=128, seed=0):
     n = batches * batch_size
     if kind in TOKEN_MODELS:
         return rng.integers(0, VOCAB, (n, SEQUENCE)).astype("int32"), rng.integers(0, 10, n)
-    inputs = {"mlp": (20,), "mlp-wide": (784,)}
-    shape = (n, *inputs.get(kind, (32, 32, 3)))  # Both CNNs take images.
+    flat = {"mlp": 20, "mlp-wide": 784}
+    shape = (n, flat[kind]) if kind in flat else (n, 32, 32, 3)  # Both CNNs take images.
     return rng.normal(size=shape).astype("float32"), rng.integers(0, 10, n)
 
 

@@ -38,6 +38,9 @@ BENCHMARKS = [
      ["--seeds", "0", "1", "2", "--jobs", "2"], ["--quick", "--seeds", "0"]),
     ("Flatness per unit of cost", "benchmarks.efficiency", ["--seeds", "0", "1", "2"],
      ["--quick"]),
+    # Skips (with a message) each peer not installed: pip install -e ".[peers]".
+    ("keras-flat beside its peers", "benchmarks.peers", ["--repeats", "11"],
+     ["--repeats", "1", "--steps", "3", "--num-probes", "2", "--iterations", "3"]),
 ]
 
 
