@@ -22,6 +22,8 @@ ROOT = os.path.dirname(HERE)
 BENCHMARKS = [
     ("Step time of each algorithm", "benchmarks.step_time", ["--repeats", "3", "--steps", "15"],
      ["--repeats", "2", "--steps", "5"]),
+    ("Random draws against TensorFlow's generators", "benchmarks.draws", ["--repeats", "21"],
+     ["--repeats", "3"]),
     ("Hessian-vector products and trace estimates", "benchmarks.hvp", ["--repeats", "7"],
      ["--repeats", "2"]),
     ("Repeated one-line measurements", "benchmarks.repeated_calls", ["--repeats", "3"],
