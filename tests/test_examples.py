@@ -82,6 +82,7 @@ def test_compare_optimizers_reports_mean_and_spread(tmp_path):
         assert summary[name]["hessian_trace"] < summary["plain SGD"]["hessian_trace"], name
 
 
+@pytest.mark.slow  # About a minute on two cores.
 def test_mnist1d_benchmark_quick_poisoned_start_generalises_worse_and_sa_flattens_it(tmp_path):
     results = load_example("mnist1d_benchmark").main(["--quick", "--output-dir", str(tmp_path)])
     _outputs(tmp_path, "mnist1d_benchmark")

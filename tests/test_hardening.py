@@ -280,7 +280,10 @@ def test_train_step_is_traced_a_bounded_number_of_times_and_memory_is_flat():
 # ---- Resume and safe loading ---------------------------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(ALL))
+# The rules that draw random numbers in the default suite; the others in the slow one.
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=[] if name in ("rs", "sa") else pytest.mark.slow)
+    for name in sorted(ALL)])
 def test_resume_with_schedule_and_callbacks_is_exact(name, tmp_path):
     x, y = regression_data(n=64)
     probe = (x[:32], y[:32])

@@ -25,7 +25,7 @@ def _run(*args):
     return proc.returncode, out
 
 
-@pytest.mark.parametrize("algorithm", ["sa", "rs"])
+@pytest.mark.parametrize("algorithm", ["sa", pytest.param("rs", marks=pytest.mark.slow)])
 def test_sigkill_mid_epoch_then_backup_and_restore_matches_uninterrupted(tmp_path, algorithm):
     reference = os.path.join(tmp_path, "reference.npz")
     code, out = _run(os.path.join(tmp_path, "backup_reference"), reference, algorithm)
