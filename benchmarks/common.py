@@ -22,6 +22,11 @@ def mlp(inputs=20, width=256, classes=10):
     ])
 
 
+def mlp_wide(inputs=784, width=512, classes=10):
+    """A wide MLP on flattened 28x28 images: 784-512-512-10, 669,706 parameters."""
+    return mlp(inputs, width, classes)
+
+
 def cnn(size=32, channels=3, classes=10, width=32, batchnorm=True):
     """A small CNN: four 3x3 convolutions with BatchNorm, ~67k parameters."""
     layers = [keras.Input((size, size, channels))]
@@ -71,7 +76,7 @@ def lstm(dim=32, units=64, classes=10):
     ])
 
 
-MODELS = {"mlp": mlp, "cnn": cnn, "cnn-nobn": lambda: cnn(batchnorm=False),
+MODELS = {"mlp": mlp, "mlp-wide": mlp_wide, "cnn": cnn, "cnn-nobn": lambda: cnn(batchnorm=False),
           "transformer": transformer, "lstm": lstm}
 TOKEN_MODELS = ("transformer", "lstm")
 
@@ -82,7 +87,8 @@ def data(kind, batches, batch_size=128, seed=0):
     n = batches * batch_size
     if kind in TOKEN_MODELS:
         return rng.integers(0, VOCAB, (n, SEQUENCE)).astype("int32"), rng.integers(0, 10, n)
-    shape = (n, 20) if kind == "mlp" else (n, 32, 32, 3)  # Both CNNs take images.
+    shapes = {"mlp": (n, 20), "mlp-wide": (n, 784)}
+    shape = shapes.get(kind, (n, 32, 32, 3))  # Both CNNs take images.
     return rng.normal(size=shape).astype("float32"), rng.integers(0, 10, n)
 
 
