@@ -25,7 +25,7 @@ reused operator per probe.
 
 Usage:
     python -m benchmarks.hvp [--models cnn transformer mlp-wide] [--repeats 5]
-        [--num-probes 64] [--iterations 20]
+        [--num-probes 100] [--iterations 20]
 """
 
 import argparse
@@ -120,7 +120,7 @@ def main(argv=None):
     parser.add_argument("--models", nargs="+", default=["cnn", "transformer", "mlp-wide"],
                         choices=sorted(common.MODELS))
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--num-probes", dest="probes", type=int, default=64)
+    parser.add_argument("--num-probes", dest="probes", type=int, default=100)
     add_renamed_flag(parser, "--probes", "--num-probes")
     parser.add_argument("--iterations", type=int, default=20,
                         help="Products per power or Lanczos run.")

@@ -368,6 +368,54 @@ class CompiledHessian:
         self.timings = timings
         return self.method
 
+    def choose_on_chunks(self, name, make, batches, weights, chunk_args, chunk):
+        """For `"auto"`: times both methods on chunks of the caller's own work, keeps the faster.
+
+        Replaces `choose_method`'s separate timing for work made of
+        independent chunks (e.g. Hutchinson's probes): each method runs
+        the compiled function `name` on one chunk (tracing it), then on
+        another, timed; every chunk's result is part of the answer, so the
+        choice costs no work of its own, only the trace of the method not
+        kept. A method that fails is set aside as by `choose_method`.
+
+        Args:
+            name, make: The compiled function (see `function`).
+            batches, weights: The data.
+            chunk_args: `chunk_args(start, count)`, the function's other
+                arguments for the `count` items from `start`.
+            chunk: Items per chunk.
+
+        Returns:
+            `(results, done)`: the chunks' results in order, and how many
+            items they cover (from 0).
+        """
+        results, done, timings = [], 0, {}
+        with exact.exact_second_derivatives():
+            for timed in (False, True):
+                for method in HVP_METHODS:
+                    if method in self.failures:
+                        continue
+                    args = (batches, weights, *chunk_args(done, chunk))
+                    try:
+                        start = time.perf_counter()
+                        out = self.run(name, make, method, args)
+                        _block(out)
+                        elapsed = time.perf_counter() - start
+                    except Exception as error:  # noqa: BLE001 - kept in `failures`
+                        self._compiled.pop((name, method), None)
+                        self.failures[method] = error
+                        continue
+                    if timed:
+                        timings[method] = elapsed / chunk
+                    results.append(out)
+                    done += chunk
+            if not timings:
+                _reraise(_all_failed(self.model, self.failures),
+                         self.failures[HVP_METHODS[-1]])
+        self.method = min(timings, key=timings.get)
+        self.timings = timings
+        return results, done
+
 
 TIMED_PRODUCTS = 2
 

@@ -44,21 +44,41 @@ def drive(steps, matvec):
         return done.value
 
 
+# Above this dimension Lanczos reorthogonalises only when the basis loses
+# semi-orthogonality (partial reorthogonalisation); below it, at every step.
+PARTIAL_ABOVE = 20_000
+_EPS = float(np.finfo(np.float64).eps)
+
+
 class Lanczos:
-    """Lanczos with full reorthogonalisation, one step at a time.
+    """Lanczos with reorthogonalisation, one step at a time.
 
     The basis is kept in one preallocated array (its capacity doubles when
-    full), and each step reorthogonalises the new vector against the
-    existing rows in place, so a step costs what its reorthogonalisation
-    needs and nothing is rebuilt.
+    full) and nothing is rebuilt at a step. Each step runs the three-term
+    recurrence, then reorthogonalises against the whole basis:
+
+    - fully (classical Gram-Schmidt, repeated once on cancellation) at
+      every step for `partial=False`;
+    - only when needed for `partial=True` (Simon's partial
+      reorthogonalisation, 1984): a recurrence estimates, at the cost of
+      a few scalars, how far the new vector is from orthogonal to each
+      previous one, and when some estimate exceeds sqrt(eps) the vector
+      (and the next one) is reorthogonalised against the whole basis.
+      Semi-orthogonality (sqrt(eps)) is enough for the Ritz values to be
+      as accurate as with full reorthogonalisation; most steps then cost a
+      few passes over one vector instead of two over the basis, which
+      dominates for large models whose products are cheap.
 
     Args:
         matvec: Function mapping a float64 vector to H times it (only for
             `step`; `vector` and `advance` step without it).
         start: Non-zero starting vector.
+        capacity: Rows allocated at first.
+        partial: Partial reorthogonalisation; default when the dimension
+            exceeds `PARTIAL_ABOVE`.
     """
 
-    def __init__(self, matvec, start, capacity=16):
+    def __init__(self, matvec, start, capacity=16, partial=None):
         q = np.asarray(start, np.float64).ravel()
         self.matvec = matvec
         self._rows = np.empty((max(2, capacity), q.size))
@@ -66,6 +86,10 @@ class Lanczos:
         self.size = 1
         self.alpha, self.beta = [], []
         self.exhausted = False
+        self.partial = q.size > PARTIAL_ABOVE if partial is None else bool(partial)
+        self.reorthogonalisations = 0
+        self._omega = [np.ones(1)]  # omega[j][k]: estimate of q_j . q_k.
+        self._again = False
 
     @property
     def basis(self):
@@ -86,17 +110,18 @@ class Lanczos:
         w = np.array(product, np.float64).ravel()
         q = self._rows[j]
         a = float(w @ q)
-        self.alpha.append(a)
         w -= a * q
         if j > 0:
             w -= self.beta[j - 1] * self._rows[j - 1]
-        basis = self.basis
+        correction = float(w @ q)  # Local reorthogonalisation: one more pass, cheap.
+        w -= correction * q
+        a += correction
+        self.alpha.append(a)
         norm = float(np.linalg.norm(w))
-        for _ in range(2):  # Twice is enough (Kahan-Parlett), once is usually.
-            w -= basis.T @ (basis @ w)
-            before, norm = norm, float(np.linalg.norm(w))
-            if norm > 0.5 * before:  # Little cancellation: orthogonal to working precision.
-                break
+        if self.partial:
+            norm = self._partial(w, norm)
+        else:
+            norm = self._full(w, norm)
         self.beta.append(norm)
         if norm <= 1e-10 * max(1.0, float(np.max(np.abs(self.alpha)))):
             self.exhausted = True
@@ -105,8 +130,43 @@ class Lanczos:
             grown = np.empty((2 * len(self._rows), self._rows.shape[1]))
             grown[: self.size] = self._rows
             self._rows = grown
-        self._rows[self.size] = w / norm
+        np.divide(w, norm, out=self._rows[self.size])
         self.size += 1
+
+    def _full(self, w, norm):
+        """Reorthogonalises `w` against the basis in place; returns its norm."""
+        basis = self.basis
+        for _ in range(2):  # Twice is enough (Kahan-Parlett), once is usually.
+            w -= basis.T @ (basis @ w)
+            before, norm = norm, float(np.linalg.norm(w))
+            self.reorthogonalisations += 1
+            if norm > 0.5 * before:  # Little cancellation: orthogonal to working precision.
+                break
+        return norm
+
+    def _partial(self, w, norm):
+        """Simon's estimates of `w / norm` against the basis; reorthogonalises when needed."""
+        j = len(self.alpha) - 1  # w will become q_{j+1}.
+        alpha, beta = self.alpha, self.beta
+        current = self._omega[j]
+        estimate = np.zeros(j + 2)
+        estimate[j + 1] = 1.0
+        if norm > 0:
+            previous = self._omega[j - 1] if j > 0 else np.zeros(1)
+            for k in range(j):
+                value = beta[k] * current[k + 1] + (alpha[k] - alpha[j]) * current[k]
+                if k > 0:
+                    value += beta[k - 1] * current[k - 1]
+                if j > 0 and k < len(previous):
+                    value -= beta[j - 1] * previous[k]
+                estimate[k] = (value + np.copysign(_EPS * (beta[k] + norm), value)) / norm
+            estimate[j] = _EPS * len(w) ** 0.5  # Left by the local reorthogonalisation.
+        if self._again or np.max(np.abs(estimate[: j + 1]), initial=0.0) > _EPS ** 0.5:
+            self._again = not self._again  # Reorthogonalise this vector and the next one.
+            norm = self._full(w, norm)
+            estimate[: j + 1] = _EPS
+        self._omega.append(estimate)
+        return norm
 
     def tridiagonal(self):
         """The `(m, m)` tridiagonal matrix T of the steps so far."""
@@ -114,8 +174,8 @@ class Lanczos:
         off = self.beta[: m - 1]
         return np.diag(self.alpha) + np.diag(off, 1) + np.diag(off, -1)
 
-    def ritz(self):
-        """Ritz values (increasing), Ritz vectors (rows) and residual bounds.
+    def ritz_values(self):
+        """Ritz values (increasing), T's eigenvectors (columns) and residual bounds.
 
         The residual bound of a Ritz pair is `beta_m * |last component|`, an
         upper bound on `‖H u - θ u‖`, so it needs no extra product.
@@ -125,7 +185,16 @@ class Lanczos:
         residuals = abs(self.beta[m - 1]) * np.abs(s[m - 1, :])
         if self.exhausted:
             residuals = np.zeros_like(residuals)
-        return values, s.T @ self._rows[:m], residuals
+        return values, s, residuals
+
+    def ritz(self):
+        """Ritz values (increasing), Ritz vectors (rows) and residual bounds."""
+        values, s, residuals = self.ritz_values()
+        return values, s.T @ self._rows[: len(self.alpha)], residuals
+
+    def ritz_vectors(self, s):
+        """The Ritz vectors (rows) of T's eigenvectors `s` (columns)."""
+        return s.T @ self._rows[: len(self.alpha)]
 
 
 def lanczos_top(matvec, dimension, k, max_iterations, tol, start):
@@ -141,9 +210,9 @@ def lanczos_top(matvec, dimension, k, max_iterations, tol, start):
     return drive(lanczos_top_steps(dimension, k, max_iterations, tol, start), matvec)
 
 
-def lanczos_top_steps(dimension, k, max_iterations, tol, start):
+def lanczos_top_steps(dimension, k, max_iterations, tol, start, partial=None):
     """`lanczos_top` as a generator of products (see `drive`)."""
-    run = Lanczos(None, start)
+    run = Lanczos(None, start, partial=partial)
     budget = min(dimension, max_iterations)
     while True:
         run.advance((yield run.vector()))
@@ -151,15 +220,15 @@ def lanczos_top_steps(dimension, k, max_iterations, tol, start):
         if run.exhausted and m < k:
             # The start vector's Krylov space holds fewer than k eigenpairs
             # (e.g. H is a multiple of the identity): those are all there is.
-            values, vectors, _ = run.ritz()
-            return values[::-1], vectors[::-1], m, True
+            values, s, _ = run.ritz_values()
+            return values[::-1], run.ritz_vectors(s[:, ::-1]), m, True
         if m >= k and (run.exhausted or m >= budget or m % 2 == 0):
-            values, vectors, residuals = run.ritz()
-            top = slice(None, None, -1)
-            values, vectors, residuals = values[top][:k], vectors[top][:k], residuals[top][:k]
+            values, s, residuals = run.ritz_values()
+            top = slice(None, -k - 1, -1) if k < m else slice(None, None, -1)
+            values, s, residuals = values[top], s[:, top], residuals[top]
             converged = bool(np.all(residuals <= tol * np.maximum(np.abs(values), 1e-12)))
             if converged or run.exhausted or m >= budget:
-                return values, vectors, m, converged or run.exhausted
+                return values, run.ritz_vectors(s), m, converged or run.exhausted
 
 
 def power_top(matvec, k, max_iterations, tol, start_block):
@@ -179,23 +248,48 @@ def power_top(matvec, k, max_iterations, tol, start_block):
 
 
 def power_top_steps(k, max_iterations, tol, start_block):
-    """`power_top` as a generator of products (see `drive`)."""
-    block, _ = np.linalg.qr(np.asarray(start_block, np.float64).T)
-    previous, values, vectors, used = None, None, block.T, 0
+    """`power_top` as a generator of products (see `drive`).
+
+    The block is kept as orthonormal rows, and orthonormalised by
+    Gram-Schmidt (twice), which for a few rows is cheaper than a QR.
+    """
+    block = _orthonormal_rows(np.array(start_block, np.float64).reshape(k, -1))
+    previous, values, vectors, used = None, None, block, 0
     while used + k <= max_iterations:
         product = np.empty_like(block)
         for i in range(k):
-            product[:, i] = np.asarray((yield block[:, i]), np.float64).ravel()
+            product[i] = np.asarray((yield block[i]), np.float64).ravel()
         used += k
-        small = block.T @ product
+        small = block @ product.T
         values, s = np.linalg.eigh((small + small.T) / 2)
         order = np.argsort(-np.abs(values))
         values, s = values[order], s[:, order]
-        vectors = (block @ s).T
+        vectors = s.T @ block if k > 1 else block * s[0, 0]
         if previous is not None:
             change = np.abs(values - previous) / np.maximum(np.abs(values), 1e-12)
             if np.all(change <= tol):
                 return values, vectors, used, True
         previous = values
-        block, _ = np.linalg.qr(product @ s)
+        block = _orthonormal_rows(s.T @ product if k > 1 else product)
     return values, vectors, used, False
+
+
+def _orthonormal_rows(rows):
+    """Orthonormalises the rows of `rows` in place (Gram-Schmidt, twice); returns them.
+
+    A row dependent on the previous ones (or zero) is replaced by a random
+    unit vector orthogonal to them, as a QR's completed basis would be.
+    """
+    for i in range(len(rows)):
+        row = rows[i]
+        for _ in range(2):
+            if i:
+                row -= rows[:i].T @ (rows[:i] @ row)
+        norm = float(np.linalg.norm(row))
+        if norm <= 1e-300:
+            row[:] = np.random.default_rng(i).normal(size=row.shape)
+            if i:
+                row -= rows[:i].T @ (rows[:i] @ row)
+            norm = float(np.linalg.norm(row))
+        row /= norm
+    return rows

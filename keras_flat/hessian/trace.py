@@ -69,19 +69,44 @@ def hutchinson(operator, num_probes, seed, per_variable=False):
         return _hutchinson_blocks(operator, num_probes, seed)
 
     def make(traced):
-        def estimate(seed, num_probes):
+        def estimate(seed, first, num_probes):
             def probes(product):
                 samples = tf.TensorArray(traced.dtype, size=num_probes)
                 for i in tf.range(num_probes):
-                    z = vector.rademacher_like(traced.variables, rng.fold_in(seed, i))
+                    z = vector.rademacher_like(traced.variables, rng.fold_in(seed, first + i))
                     samples = samples.write(i, vector.dot(z, product(z)))
                 return samples.stack()
             return over_batches(traced, probes)
         return estimate
 
-    fn = operator._function("hutchinson", make)
-    samples = fn(tf.convert_to_tensor(seed), tf.constant(num_probes, tf.int32)).numpy()
+    samples = _probes(operator, "hutchinson", make, seed, num_probes)
     return _result(samples, num_probes, "hutchinson", operator.dimension)
+
+
+# Probes per chunk on which `"auto"` times each HVP method (twice each).
+AUTO_CHUNK = 2
+
+
+def _probes(operator, name, make, seed, num_probes):
+    """Runs the probe function `name` (of `(seed, first, count)`) on probes 0..num_probes-1.
+
+    Under an undecided `hvp_method="auto"`, with enough probes, the first
+    chunks choose the method (`CompiledHessian.choose_on_chunks`): the
+    probes are independent, so each method is timed on some of them and
+    every probe counts in the estimate.
+    """
+    seed = tf.convert_to_tensor(seed)
+    kernel, results, done = operator.kernel, [], 0
+
+    def chunk_args(first, count):
+        return seed, tf.constant(first, tf.int32), tf.constant(count, tf.int32)
+
+    if kernel.method is None and num_probes >= 4 * AUTO_CHUNK:
+        results, done = kernel.choose_on_chunks(name, make, *operator.arguments, chunk_args,
+                                                AUTO_CHUNK)
+    if done < num_probes:
+        results.append(operator._function(name, make)(*chunk_args(done, num_probes - done)))
+    return np.concatenate([np.asarray(r) for r in results])
 
 
 def hutch_plus_plus(operator, num_matvecs, seed, per_variable=False):
@@ -291,11 +316,11 @@ def _hutchinson_blocks(operator, num_probes, seed):
     def make(traced):
         dtype = traced.dtype
 
-        def estimate(seed, num_probes):
+        def estimate(seed, first, num_probes):
             def probes(product):
                 samples = tf.TensorArray(dtype, size=num_probes)
                 for i in tf.range(num_probes):
-                    z = vector.rademacher_like(traced.variables, rng.fold_in(seed, i))
+                    z = vector.rademacher_like(traced.variables, rng.fold_in(seed, first + i))
                     hz = product(z)
                     dots = [tf.reduce_sum(tf.cast(a, dtype) * tf.cast(b, dtype))
                             for a, b in zip(z, hz)]
@@ -304,8 +329,7 @@ def _hutchinson_blocks(operator, num_probes, seed):
             return over_batches(traced, probes)
         return estimate
 
-    fn = operator._function("hutchinson_blocks", make)
-    samples = fn(tf.convert_to_tensor(seed), tf.constant(num_probes, tf.int32)).numpy()
+    samples = _probes(operator, "hutchinson_blocks", make, seed, num_probes)
     return _with_blocks(samples, num_probes, "hutchinson", operator)
 
 
