@@ -53,8 +53,9 @@ _EPS = float(np.finfo(np.float64).eps)
 class Lanczos:
     """Lanczos with reorthogonalisation, one step at a time.
 
-    The basis is kept in one preallocated array (its capacity doubles when
-    full) and nothing is rebuilt at a step. Each step runs the three-term
+    The basis is kept in preallocated blocks of rows (a new block, as large
+    as the basis so far, when full) and nothing is rebuilt or copied at a
+    step; the work vectors are allocated once. Each step runs the three-term
     recurrence, then reorthogonalises against the whole basis:
 
     - fully (classical Gram-Schmidt, repeated once on cancellation) at
@@ -81,8 +82,8 @@ class Lanczos:
     def __init__(self, matvec, start, capacity=16, partial=None):
         q = np.asarray(start, np.float64).ravel()
         self.matvec = matvec
-        self._rows = np.empty((max(2, capacity), q.size))
-        self._rows[0] = q / np.linalg.norm(q)
+        self._blocks = [np.empty((max(2, capacity), q.size))]
+        self._blocks[0][0] = q / np.linalg.norm(q)
         self.size = 1
         self.alpha, self.beta = [], []
         self.exhausted = False
@@ -90,34 +91,59 @@ class Lanczos:
         self.reorthogonalisations = 0
         self._omega = [np.ones(1)]  # omega[j][k]: estimate of q_j . q_k.
         self._again = False
+        # Work vectors, allocated once: fresh memory costs page faults at every step.
+        self._w, self._scratch = np.empty(q.size), np.empty(q.size)
+
+    def _filled(self):
+        """The basis's blocks of rows, trimmed to the rows in use."""
+        out, left = [], self.size
+        for block in self._blocks:
+            out.append(block[: min(left, len(block))])
+            left -= len(out[-1])
+            if left <= 0:
+                break
+        return out
+
+    def _row(self, i):
+        for block in self._blocks:
+            if i < len(block):
+                return block[i]
+            i -= len(block)
+        raise IndexError(i)
 
     @property
     def basis(self):
-        """The Lanczos vectors so far, rows of a `(m, d)` array (a view)."""
-        return self._rows[: self.size]
+        """The Lanczos vectors so far, rows of a `(m, d)` array."""
+        blocks = self._filled()
+        return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
 
     def vector(self):
         """The vector whose product `advance` expects next."""
-        return self._rows[len(self.alpha)]
+        return self._row(len(self.alpha))
 
     def step(self):
         """Adds one Lanczos vector; sets `exhausted` when the Krylov space ends."""
         self.advance(self.matvec(self.vector()))
 
+    def _subtract(self, w, factor, q):
+        np.multiply(q, factor, out=self._scratch)
+        np.subtract(w, self._scratch, out=w)
+
     def advance(self, product):
         """Adds one Lanczos vector from `product`, H times `vector()`."""
         j = len(self.alpha)
-        w = np.array(product, np.float64).ravel()
-        q = self._rows[j]
+        w = self._w
+        np.copyto(w, np.asarray(product).ravel(), casting="unsafe")
+        q = self._row(j)
         a = float(w @ q)
-        w -= a * q
+        self._subtract(w, a, q)
         if j > 0:
-            w -= self.beta[j - 1] * self._rows[j - 1]
+            self._subtract(w, self.beta[j - 1], self._row(j - 1))
         correction = float(w @ q)  # Local reorthogonalisation: one more pass, cheap.
-        w -= correction * q
+        self._subtract(w, correction, q)
         a += correction
         self.alpha.append(a)
-        norm = float(np.linalg.norm(w))
+        norm = float(np.sqrt(w @ w))
         if self.partial:
             norm = self._partial(w, norm)
         else:
@@ -126,19 +152,18 @@ class Lanczos:
         if norm <= 1e-10 * max(1.0, float(np.max(np.abs(self.alpha)))):
             self.exhausted = True
             return
-        if self.size == len(self._rows):
-            grown = np.empty((2 * len(self._rows), self._rows.shape[1]))
-            grown[: self.size] = self._rows
-            self._rows = grown
-        np.divide(w, norm, out=self._rows[self.size])
+        if self.size == sum(len(b) for b in self._blocks):  # Full: a new block, nothing copied.
+            self._blocks.append(np.empty((self.size, w.size)))
+        np.divide(w, norm, out=self._row(self.size))
         self.size += 1
 
     def _full(self, w, norm):
         """Reorthogonalises `w` against the basis in place; returns its norm."""
-        basis = self.basis
         for _ in range(2):  # Twice is enough (Kahan-Parlett), once is usually.
-            w -= basis.T @ (basis @ w)
-            before, norm = norm, float(np.linalg.norm(w))
+            for block in self._filled():  # Classical Gram-Schmidt, block by block.
+                np.dot(block @ w, block, out=self._scratch)
+                np.subtract(w, self._scratch, out=w)
+            before, norm = norm, float(np.sqrt(w @ w))
             self.reorthogonalisations += 1
             if norm > 0.5 * before:  # Little cancellation: orthogonal to working precision.
                 break
@@ -190,11 +215,16 @@ class Lanczos:
     def ritz(self):
         """Ritz values (increasing), Ritz vectors (rows) and residual bounds."""
         values, s, residuals = self.ritz_values()
-        return values, s.T @ self._rows[: len(self.alpha)], residuals
+        return values, self.ritz_vectors(s), residuals
 
     def ritz_vectors(self, s):
-        """The Ritz vectors (rows) of T's eigenvectors `s` (columns)."""
-        return s.T @ self._rows[: len(self.alpha)]
+        """The Ritz vectors (rows) of T's eigenvectors `s` (columns, one row per step)."""
+        out, start = np.zeros((s.shape[1], self._w.size)), 0
+        for block in self._filled():
+            rows = block[: max(0, min(len(block), len(s) - start))]
+            out += s[start:start + len(rows)].T @ rows
+            start += len(rows)
+        return out
 
 
 def lanczos_top(matvec, dimension, k, max_iterations, tol, start):
@@ -258,7 +288,7 @@ def power_top_steps(k, max_iterations, tol, start_block):
     while used + k <= max_iterations:
         product = np.empty_like(block)
         for i in range(k):
-            product[i] = np.asarray((yield block[i]), np.float64).ravel()
+            product[i] = np.asarray((yield block[i])).ravel()  # Cast in place.
         used += k
         small = block @ product.T
         values, s = np.linalg.eigh((small + small.T) / 2)

@@ -267,7 +267,7 @@ class _Driven:
     def send(self, product):
         """The next vector and whether to stop, from H times the previous one."""
         if not self.done:
-            self._advance(lambda: self.steps.send(np.asarray(product, np.float64)))
+            self._advance(lambda: self.steps.send(product))
         if self.done:
             return np.zeros(product.shape, self.dtype), np.bool_(True)
         return self.pending, np.bool_(False)
