@@ -213,3 +213,25 @@ def test_quadrature_is_exact_for_polynomials_when_the_krylov_space_is_full():
         for power in (1, 2, 3):
             expected = v @ np.linalg.matrix_power(a, power) @ v
             assert np.sum(weights[p] * nodes[p] ** power) == pytest.approx(expected, rel=1e-9)
+
+
+def test_drive_runs_a_generator_in_the_compiled_loop_and_refuses_anything_else():
+    model, losses = _model(L.LayerNormalization)
+    x, y = _data()
+    op = hessian.HessianOperator(model, (x, y), hvp_method="double_backward")
+    weights = zoo.weights_of(model)
+    grad = zoo.gradient_function(losses, model, x, y, training=False)
+    directions = np.random.default_rng(9).normal(size=(3, op.dimension))
+
+    def steps():
+        products = []
+        for d in directions:
+            products.append(np.array((yield d), np.float64))
+        return products
+
+    got = op.drive(steps())
+    for d, g in zip(directions, got):
+        reference = zoo.finite_difference_hvp(grad, weights, d)
+        np.testing.assert_allclose(g, reference, atol=1e-7 * np.abs(reference).max())
+    with pytest.raises(TypeError, match=r"Argument `steps` must be a generator.*list"):
+        op.drive([directions[0]])

@@ -5,7 +5,9 @@ flag, HVP method, `jit_compile`, trainable variables and compile settings
 uses one `CompiledHessian` (see `keras_flat.hessian.cache`). Its functions
 take the batches and their weights as arguments, so an operator on new data
 of the same shapes reuses them without tracing, and `hvp_method="auto"` times
-the two HVP methods once.
+the two HVP methods once. With `"double_backward"`, the products of one
+compiled call on one batch share that batch's recorded forward and first
+backward passes (`Traced.per_batch`).
 """
 
 import functools
@@ -440,7 +442,7 @@ def _timed_products(traced):
 
 
 def list_hvp(traced):
-    """`make` of the product of a list of tensors (`"matvec"`, what `"auto"` times)."""
+    """`make` of the product of a list of tensors (`"matvec"`)."""
     return traced.hvp
 
 

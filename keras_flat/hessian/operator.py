@@ -64,8 +64,13 @@ class HessianOperator:
             active dropout). Defaults to False (inference mode).
         hvp_method: `"forward_over_backward"` (a `tf.autodiff.ForwardAccumulator`
             over a `GradientTape`), `"double_backward"` (nested tapes, as
-            PyHessian does), or `"auto"` (default): time both once on this
-            model and options and keep the faster. A method that fails on the
+            PyHessian does: a batch's forward and first backward passes are
+            recorded once and every product of a measurement on that batch
+            is one more backward pass through them), or `"auto"` (default):
+            time both once on this model and options, as the measurements
+            use them (several products per batch in one call; a Hutchinson
+            estimate of 8 probes or more times them on its own first
+            probes), and keep the faster. A method that fails on the
             model (forward-over-backward cannot pass TensorFlow's recurrent
             loops, e.g. `LSTM` and `GRU`) is set aside by `"auto"`, which
             uses the other; an explicitly requested method that fails
@@ -81,8 +86,9 @@ class HessianOperator:
         method: The HVP method in use (`None` until `"auto"` has chosen).
         failures: For `"auto"`, `{method: exception}` of the methods that
             failed on this model and were set aside.
-        timings: For `"auto"`, `{method: seconds}` of the timing that chose
-            the method (None before it, or for an explicit method).
+        timings: For `"auto"`, `{method: seconds per product}` of the
+            timing that chose the method (None before it, or for an
+            explicit method).
 
     Raises:
         ValueError: for an unbuilt model, a model without trainable
@@ -199,19 +205,32 @@ class HessianOperator:
         """Runs an algorithm written as a generator of products (see `eigen.drive`).
 
         The generator (e.g. `eigen.lanczos_top_steps`) yields float64
-        vectors and receives H times each. Here its whole run happens inside
-        one compiled call: a `tf.while_loop` computes each product and hands
-        it to the generator (`tf.numpy_function`), which returns the next
-        vector or stops the loop. On one batch the products then share the
-        batch's recorded forward and first backward passes (with
-        `"double_backward"`; see `Traced.products`), and no call is
-        dispatched per product. With `jit_compile=True` (XLA cannot run
-        Python) or under a distribution strategy, each product is one call
-        of `matvec_flat` instead.
+        vectors and receives H times each (in the operator's dtype). Here
+        its whole run happens inside one compiled call: a `tf.while_loop`
+        computes each product and hands it to the generator
+        (`tf.numpy_function`), which returns the next vector or stops the
+        loop. On one batch the products then share the batch's recorded
+        forward and first backward passes (with `"double_backward"`; see
+        `Traced.products`), and no call is dispatched per product. With
+        `jit_compile=True` (XLA cannot run Python) or under a distribution
+        strategy, each product is one call of `matvec_flat` instead.
+
+        Args:
+            steps: A generator not yet started: it yields vectors of length
+                `dimension`, receives H times each by `send`, and returns
+                its result.
 
         Returns:
             The generator's return value.
+
+        Raises:
+            TypeError: if `steps` is not a generator.
         """
+        if not (hasattr(steps, "send") and hasattr(steps, "__next__")):
+            raise TypeError(
+                "Argument `steps` must be a generator yielding vectors and receiving "
+                f"their products by send(). Received: steps={steps!r} of type "
+                f"{type(steps).__name__}.")
         if self.jit_compile or tf.distribute.has_strategy():
             return eigen.drive(steps, lambda v: self.matvec_flat(v).numpy())
         state = _Driven(steps, self.dtype.as_numpy_dtype)
