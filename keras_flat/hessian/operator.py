@@ -229,8 +229,7 @@ class HessianOperator:
         if not (hasattr(steps, "send") and hasattr(steps, "__next__")):
             raise TypeError(
                 "Argument `steps` must be a generator yielding vectors and receiving "
-                f"their products by send(). Received: steps={steps!r} of type "
-                f"{type(steps).__name__}.")
+                f"their products by send(). Received: steps of type {type(steps).__name__}.")
         if self.jit_compile or tf.distribute.has_strategy():
             return eigen.drive(steps, lambda v: self.matvec_flat(v).numpy())
         state = _Driven(steps, self.dtype.as_numpy_dtype)
