@@ -36,13 +36,16 @@ import tensorflow as tf
 
 from keras_flat.hessian import diagnose
 from keras_flat.hessian.density import SpectralDensity
+from keras_flat.hessian.density import quadrature_steps
 from keras_flat.hessian.density import smooth
-from keras_flat.hessian.density import stochastic_lanczos_quadrature
+from keras_flat.hessian.density import stochastic_lanczos_quadrature  # noqa: F401
 from keras_flat.hessian.diagnose import NotTwiceDifferentiableError
 from keras_flat.hessian.eigen import EIGEN_METHODS
 from keras_flat.hessian.eigen import EigenResult
-from keras_flat.hessian.eigen import lanczos_top
-from keras_flat.hessian.eigen import power_top
+from keras_flat.hessian.eigen import lanczos_top  # noqa: F401
+from keras_flat.hessian.eigen import lanczos_top_steps
+from keras_flat.hessian.eigen import power_top  # noqa: F401
+from keras_flat.hessian.eigen import power_top_steps
 from keras_flat.hessian.exact import exact_second_derivatives
 from keras_flat.hessian.operator import HVP_METHODS
 from keras_flat.hessian.operator import HessianOperator
@@ -222,7 +225,6 @@ def top_eigenvalues(model, data=None, num_eigenvalues=1, estimator="lanczos",
             f"Argument `num_eigenvalues` must be at most the number of parameters "
             f"({op.dimension}). Received: num_eigenvalues={k}."
         )
-    matvec = lambda v: op.matvec_flat(v).numpy()  # noqa: E731
     random = np.random.default_rng(seed).normal(size=(k, op.dimension))
     start = random
     if initial_vectors is not None:
@@ -230,11 +232,11 @@ def top_eigenvalues(model, data=None, num_eigenvalues=1, estimator="lanczos",
         start = random * 1e-3 * np.linalg.norm(warm) / np.linalg.norm(random)
         start[: min(k, len(warm))] += warm[:k]
     if estimator == "lanczos":
-        values, vectors, used, converged = lanczos_top(
-            matvec, op.dimension, k, max_iterations, rtol, start.sum(axis=0))
+        values, vectors, used, converged = op.drive(lanczos_top_steps(
+            op.dimension, k, max_iterations, rtol, start.sum(axis=0)))
     else:
-        values, vectors, used, converged = power_top(
-            matvec, k, max(max_iterations, k), rtol, start)
+        values, vectors, used, converged = op.drive(power_top_steps(
+            k, max(max_iterations, k), rtol, start))
     return EigenResult(values=np.asarray(values), vectors=np.asarray(vectors),
                        iterations=used, converged=converged)
 
@@ -265,8 +267,7 @@ def spectral_density(model, data=None, num_probes=4, num_steps=40, grid_size=512
     check_count("grid_size", grid_size, 2)
     op = operator_for(model, data, **_operator_kwargs(operator_kwargs))
     starts = np.random.default_rng(seed).choice([-1.0, 1.0], size=(num_probes, op.dimension))
-    nodes, weights = stochastic_lanczos_quadrature(
-        lambda v: op.matvec_flat(v).numpy(), op.dimension, num_probes, num_steps, starts)
+    nodes, weights = op.drive(quadrature_steps(op.dimension, num_probes, num_steps, starts))
     grid, density, bandwidth = smooth(nodes, weights, grid_size, bandwidth)
     return SpectralDensity(grid=grid, density=density, nodes=nodes, weights=weights,
                            bandwidth=bandwidth)

@@ -5,7 +5,9 @@ flag, HVP method, `jit_compile`, trainable variables and compile settings
 uses one `CompiledHessian` (see `keras_flat.hessian.cache`). Its functions
 take the batches and their weights as arguments, so an operator on new data
 of the same shapes reuses them without tracing, and `hvp_method="auto"` times
-the two HVP methods once.
+the two HVP methods once. With `"double_backward"`, the products of one
+compiled call on one batch share that batch's recorded forward and first
+backward passes (`Traced.per_batch`).
 """
 
 import functools
@@ -54,6 +56,33 @@ class Traced:
     def hvp(self, tangents):
         """H·v averaged over the batches, for `v` a list shaped like the variables."""
         return self.kernel.hvp(tangents, self)
+
+    def per_batch(self):
+        """`[(weight, product)]`, one per batch: `product(v)` is that batch's H_b·v.
+
+        With `"double_backward"` each batch's forward pass and first
+        backward pass are recorded once (a persistent tape) and every
+        product is one more backward pass through them, as PyHessian does,
+        so several products on the same batch cost one gradient less each.
+        Forward-over-backward needs the tangent during the forward pass, so
+        each of its products recomputes it. Call it once per traced
+        function, and compute all of that batch's products from it.
+        """
+        return [(self.weights[i], self.kernel.batch_products(batch, self.method, check=i == 0))
+                for i, batch in enumerate(self.batches)]
+
+    def products(self):
+        """`product(v)`: H·v averaged over the batches, for many products in one function.
+
+        On one batch, the products share its recorded forward and first
+        backward passes (see `per_batch`); on several, holding every
+        batch's recorded passes at once would take their memory together,
+        so each product recomputes them (like `hvp`).
+        """
+        if len(self.batches) == 1:
+            product = self.per_batch()[0][1]
+            return lambda tangents: product(tangents)
+        return self.hvp
 
 
 def _body(kernel, make, method, batches, weights, *args):
@@ -172,6 +201,56 @@ class CompiledHessian:
         out = dense_gradients(second, self.variables)
         return [tf.cast(t, g.dtype) for t, g in zip(out, tangents)]
 
+    def batch_products(self, batch, method, check=False):
+        """`product(v)`: H·v on one batch, reusing its recorded passes for `"double_backward"`.
+
+        See `Traced.per_batch`. `check` diagnoses, while tracing, a model
+        that cannot be differentiated twice (from the first product).
+        """
+        if method != "double_backward":
+            first = [check]
+
+            def recompute(tangents):
+                tangents = [tf.cast(t, v.dtype) for t, v in zip(tangents, self.variables)]
+                out = self._batch_hvp(batch, tangents, method, check=first[0])
+                first[0] = False
+                return out
+            return recompute
+        x, y, sample_weight = batch
+        check = check and not tf.executing_eagerly()
+        targets = []
+        try:
+            with tf.GradientTape(persistent=True) as outer:
+                with tf.GradientTape() as inner:
+                    loss = self.batch_loss(x, y, sample_weight)
+                targets.append(loss)
+                raw = inner.gradient(loss, self.variables)
+                grads = dense_gradients(raw, self.variables)
+                targets.extend(grads)
+        except LookupError as error:
+            self.report(diagnose.explain_failure(
+                self.model, error, targets, f"with hvp_method={method!r}"))
+            raise
+        if check:
+            self.report(diagnose.check_first_order(self.model, self.variables, loss, raw))
+        pending = [check]
+
+        def product(tangents):
+            tangents = [tf.cast(t, v.dtype) for t, v in zip(tangents, self.variables)]
+            try:
+                second = outer.gradient(grads, self.variables, output_gradients=tangents)
+            except LookupError as error:
+                self.report(diagnose.explain_failure(
+                    self.model, error, targets, f"with hvp_method={method!r}"))
+                raise
+            if pending[0]:
+                pending[0] = False
+                self.report(diagnose.check_second_order(
+                    self.model, self.variables, grads, second, per_target=False))
+            out = dense_gradients(second, self.variables)
+            return [tf.cast(t, g.dtype) for t, g in zip(out, tangents)]
+        return product
+
     def hvp(self, tangents, traced):
         """H·v averaged over `traced.batches` with `traced.weights`, by `traced.method`."""
         tangents = [tf.cast(t, v.dtype) for t, v in zip(tangents, self.variables)]
@@ -260,6 +339,10 @@ class CompiledHessian:
     def choose_method(self, batches, weights):
         """The HVP method: for `"auto"`, times both once on these batches, keeps the faster.
 
+        Each method is timed, once traced, on one call computing
+        `TIMED_PRODUCTS` products per batch, as the measurements compute
+        them (`timings` holds the seconds per product).
+
         A method that fails to trace or run on this model is set aside (see
         `failures`); if both fail, raises the more specific error:
         `NotTwiceDifferentiableError` naming the layer when the model cannot
@@ -273,13 +356,12 @@ class CompiledHessian:
             timings = {}
             for name in HVP_METHODS:
                 try:
-                    self.run("matvec", list_hvp, name, args)  # Trace and check.
+                    self.run("timing", _timed_products, name, args)  # Trace and check.
                     start = time.perf_counter()
-                    for _ in range(2):
-                        _block(self.run("matvec", list_hvp, name, args))
-                    timings[name] = time.perf_counter() - start
+                    _block(self.run("timing", _timed_products, name, args))
+                    timings[name] = (time.perf_counter() - start) / TIMED_PRODUCTS
                 except Exception as error:  # noqa: BLE001 - kept in `failures`
-                    self._compiled.pop(("matvec", name), None)
+                    self._compiled.pop(("timing", name), None)
                     self.failures[name] = error
             if not timings:
                 _reraise(_all_failed(self.model, self.failures),
@@ -288,9 +370,79 @@ class CompiledHessian:
         self.timings = timings
         return self.method
 
+    def choose_on_chunks(self, name, make, batches, weights, chunk_args, chunk):
+        """For `"auto"`: times both methods on chunks of the caller's own work, keeps the faster.
+
+        Replaces `choose_method`'s separate timing for work made of
+        independent chunks (e.g. Hutchinson's probes): each method runs
+        the compiled function `name` on one chunk (tracing it), then on
+        another, timed; every chunk's result is part of the answer, so the
+        choice costs no work of its own, only the trace of the method not
+        kept. A method that fails is set aside as by `choose_method`.
+
+        Args:
+            name, make: The compiled function (see `function`).
+            batches, weights: The data.
+            chunk_args: `chunk_args(start, count)`, the function's other
+                arguments for the `count` items from `start`.
+            chunk: Items per chunk.
+
+        Returns:
+            `(results, done)`: the chunks' results in order, and how many
+            items they cover (from 0).
+        """
+        results, done, timings = [], 0, {}
+        with exact.exact_second_derivatives():
+            for timed in (False, True):
+                for method in HVP_METHODS:
+                    if method in self.failures:
+                        continue
+                    args = (batches, weights, *chunk_args(done, chunk))
+                    try:
+                        start = time.perf_counter()
+                        out = self.run(name, make, method, args)
+                        _block(out)
+                        elapsed = time.perf_counter() - start
+                    except Exception as error:  # noqa: BLE001 - kept in `failures`
+                        self._compiled.pop((name, method), None)
+                        self.failures[method] = error
+                        continue
+                    if timed:
+                        timings[method] = elapsed / chunk
+                    results.append(out)
+                    done += chunk
+            if not timings:
+                _reraise(_all_failed(self.model, self.failures),
+                         self.failures[HVP_METHODS[-1]])
+        self.method = min(timings, key=timings.get)
+        self.timings = timings
+        return results, done
+
+
+TIMED_PRODUCTS = 2
+
+
+def _timed_products(traced):
+    """`make` of what `"auto"` times: `TIMED_PRODUCTS` products per batch in one call.
+
+    The measurements compute their products several at a time per batch
+    (see `Traced.per_batch`), where double backward records each batch's
+    passes once and forward-over-backward recomputes them for every
+    product; timing a few products in one call measures the methods as
+    they are used.
+    """
+    def run(tangents):
+        total = tf.zeros((), traced.dtype)
+        for weight, product in traced.per_batch():
+            for i in range(TIMED_PRODUCTS):  # Distinct tangents: no product is deduplicated.
+                v = vector.scale(tangents, float(i + 1))
+                total += weight * vector.dot(v, product(v))
+        return total
+    return run
+
 
 def list_hvp(traced):
-    """`make` of the product of a list of tensors (`"matvec"`, what `"auto"` times)."""
+    """`make` of the product of a list of tensors (`"matvec"`)."""
     return traced.hvp
 
 

@@ -5,6 +5,7 @@ import dataclasses
 import numpy as np
 
 from keras_flat.hessian.eigen import Lanczos
+from keras_flat.hessian.eigen import drive
 from keras_flat.utils.deprecation import renamed_arguments
 from keras_flat.utils.deprecation import renamed_attribute
 
@@ -57,17 +58,20 @@ def stochastic_lanczos_quadrature(matvec, dimension, num_probes, steps, start_ve
         `(nodes, weights)`, arrays of shape `(num_probes, steps)` (rows of
         probes whose Krylov space ended early are padded with zero weights).
     """
+    return drive(quadrature_steps(dimension, num_probes, steps, start_vectors), matvec)
+
+
+def quadrature_steps(dimension, num_probes, steps, start_vectors):
+    """`stochastic_lanczos_quadrature` as a generator of products (see `drive`)."""
     steps = min(steps, dimension)
     nodes = np.zeros((num_probes, steps))
     weights = np.zeros((num_probes, steps))
     for p in range(num_probes):
-        run = Lanczos(matvec, start_vectors[p])
+        run = Lanczos(None, start_vectors[p], capacity=steps + 1)
         while len(run.alpha) < steps and not run.exhausted:
-            run.step()
+            run.advance((yield run.vector()))
         m = len(run.alpha)
-        off = run.beta[: m - 1]
-        t = np.diag(run.alpha) + np.diag(off, 1) + np.diag(off, -1)
-        values, s = np.linalg.eigh(t)
+        values, s = np.linalg.eigh(run.tridiagonal())
         nodes[p, :m] = values
         weights[p, :m] = s[0, :] ** 2 / np.sum(s[0, :] ** 2)
         if m < steps:

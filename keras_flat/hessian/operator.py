@@ -1,10 +1,13 @@
 """The Hessian of a Keras model's training loss as a matrix-free operator."""
 
+import itertools
+
 import keras
 import numpy as np
 import tensorflow as tf
 
 from keras_flat.hessian import cache
+from keras_flat.hessian import eigen
 from keras_flat.hessian import exact
 from keras_flat.hessian import losses
 from keras_flat.hessian.compiled import HVP_METHODS
@@ -61,8 +64,13 @@ class HessianOperator:
             active dropout). Defaults to False (inference mode).
         hvp_method: `"forward_over_backward"` (a `tf.autodiff.ForwardAccumulator`
             over a `GradientTape`), `"double_backward"` (nested tapes, as
-            PyHessian does), or `"auto"` (default): time both once on this
-            model and options and keep the faster. A method that fails on the
+            PyHessian does: a batch's forward and first backward passes are
+            recorded once and every product of a measurement on that batch
+            is one more backward pass through them), or `"auto"` (default):
+            time both once on this model and options, as the measurements
+            use them (several products per batch in one call; a Hutchinson
+            estimate of 8 probes or more times them on its own first
+            probes), and keep the faster. A method that fails on the
             model (forward-over-backward cannot pass TensorFlow's recurrent
             loops, e.g. `LSTM` and `GRU`) is set aside by `"auto"`, which
             uses the other; an explicitly requested method that fails
@@ -78,8 +86,9 @@ class HessianOperator:
         method: The HVP method in use (`None` until `"auto"` has chosen).
         failures: For `"auto"`, `{method: exception}` of the methods that
             failed on this model and were set aside.
-        timings: For `"auto"`, `{method: seconds}` of the timing that chose
-            the method (None before it, or for an explicit method).
+        timings: For `"auto"`, `{method: seconds per product}` of the
+            timing that chose the method (None before it, or for an
+            explicit method).
 
     Raises:
         ValueError: for an unbuilt model, a model without trainable
@@ -192,6 +201,53 @@ class HessianOperator:
         fn = self._function("matvec_flat", _flat_hvp)
         return fn(tf.convert_to_tensor(flat, self.dtype))
 
+    def drive(self, steps):
+        """Runs an algorithm written as a generator of products (see `eigen.drive`).
+
+        The generator (e.g. `eigen.lanczos_top_steps`) yields float64
+        vectors and receives H times each (in the operator's dtype). Here
+        its whole run happens inside one compiled call: a `tf.while_loop`
+        computes each product and hands it to the generator
+        (`tf.numpy_function`), which returns the next vector or stops the
+        loop. On one batch the products then share the batch's recorded
+        forward and first backward passes (with `"double_backward"`; see
+        `Traced.products`), and no call is dispatched per product. With
+        `jit_compile=True` (XLA cannot run Python) or under a distribution
+        strategy, each product is one call of `matvec_flat` instead.
+
+        Args:
+            steps: A generator not yet started: it yields vectors of length
+                `dimension`, receives H times each by `send`, and returns
+                its result.
+
+        Returns:
+            The generator's return value.
+
+        Raises:
+            TypeError: if `steps` is not a generator.
+        """
+        if not (hasattr(steps, "send") and hasattr(steps, "__next__")):
+            raise TypeError(
+                "Argument `steps` must be a generator yielding vectors and receiving "
+                f"their products by send(). Received: steps of type {type(steps).__name__}.")
+        if self.jit_compile or tf.distribute.has_strategy():
+            return eigen.drive(steps, lambda v: self.matvec_flat(v).numpy())
+        state = _Driven(steps, self.dtype.as_numpy_dtype)
+        if state.done:
+            return state.result
+        token = next(_TOKENS)
+        _DRIVEN[token] = state
+        try:
+            self._function("drive", _driven)(tf.constant(token, tf.int64),
+                                              tf.constant(state.pending))
+        finally:
+            _DRIVEN.pop(token, None)
+        if state.error is not None:
+            raise state.error
+        if not state.done:  # pragma: no cover - the loop stops only when the generator does
+            raise RuntimeError("The compiled products stopped before the algorithm finished.")
+        return state.result
+
     def _evaluate(self, name, make):
         """Runs the compiled function `name` of `make`, free of any HVP method, on the data.
 
@@ -204,6 +260,58 @@ class HessianOperator:
     def loss_and_gradient(self):
         """The averaged loss and gradient (a list of tensors)."""
         return self._evaluate("loss_and_gradient", _loss_and_gradient)
+
+
+_DRIVEN = {}
+_TOKENS = itertools.count()
+
+
+class _Driven:
+    """A generator of products run from inside a compiled loop (see `HessianOperator.drive`)."""
+
+    def __init__(self, steps, dtype):
+        self.steps, self.dtype = steps, dtype
+        self.done, self.result, self.error, self.pending = False, None, None, None
+        self._advance(lambda: next(steps))
+
+    def _advance(self, resume):
+        try:
+            self.pending = np.asarray(resume(), self.dtype).ravel()
+        except StopIteration as finished:
+            self.done, self.result, self.pending = True, finished.value, None
+        except Exception as error:  # noqa: BLE001 - raised by `drive` after the call
+            self.done, self.error, self.pending = True, error, None
+
+    def send(self, product):
+        """The next vector and whether to stop, from H times the previous one."""
+        if not self.done:
+            self._advance(lambda: self.steps.send(product))
+        if self.done:
+            return np.zeros(product.shape, self.dtype), np.bool_(True)
+        return self.pending, np.bool_(False)
+
+
+def _send(token, product):
+    return _DRIVEN[int(token)].send(product)
+
+
+def _driven(traced):
+    """`make` of `drive`: products in a loop, each handed to the generator of `token`."""
+    dimension, dtype = traced.kernel.dimension, traced.dtype
+
+    def run(token, start):
+        product = traced.products()
+
+        def body(v, stop):
+            hv = vector.flatten(product(vector.unflatten(v, traced.variables)))
+            following, stop = tf.numpy_function(_send, [token, tf.cast(hv, dtype)],
+                                                [dtype, tf.bool], stateful=True)
+            return tf.ensure_shape(following, [dimension]), tf.ensure_shape(stop, [])
+
+        _, stop = tf.while_loop(lambda v, stop: tf.logical_not(stop), body,
+                                [start, tf.constant(False)])
+        return stop
+    return run
 
 
 def _flat_hvp(traced):

@@ -69,17 +69,44 @@ def hutchinson(operator, num_probes, seed, per_variable=False):
         return _hutchinson_blocks(operator, num_probes, seed)
 
     def make(traced):
-        def estimate(seed, num_probes):
-            samples = tf.TensorArray(traced.dtype, size=num_probes)
-            for i in tf.range(num_probes):
-                z = vector.rademacher_like(traced.variables, rng.fold_in(seed, i))
-                samples = samples.write(i, vector.dot(z, traced.hvp(z)))
-            return samples.stack()
+        def estimate(seed, first, num_probes):
+            def probes(product):
+                samples = tf.TensorArray(traced.dtype, size=num_probes)
+                for i in tf.range(num_probes):
+                    z = vector.rademacher_like(traced.variables, rng.fold_in(seed, first + i))
+                    samples = samples.write(i, vector.dot(z, product(z)))
+                return samples.stack()
+            return over_batches(traced, probes)
         return estimate
 
-    fn = operator._function("hutchinson", make)
-    samples = fn(tf.convert_to_tensor(seed), tf.constant(num_probes, tf.int32)).numpy()
+    samples = _probes(operator, "hutchinson", make, seed, num_probes)
     return _result(samples, num_probes, "hutchinson", operator.dimension)
+
+
+# Probes per chunk on which `"auto"` times each HVP method (twice each).
+AUTO_CHUNK = 2
+
+
+def _probes(operator, name, make, seed, num_probes):
+    """Runs the probe function `name` (of `(seed, first, count)`) on probes 0..num_probes-1.
+
+    Under an undecided `hvp_method="auto"`, with enough probes, the first
+    chunks choose the method (`CompiledHessian.choose_on_chunks`): the
+    probes are independent, so each method is timed on some of them and
+    every probe counts in the estimate.
+    """
+    seed = tf.convert_to_tensor(seed)
+    kernel, results, done = operator.kernel, [], 0
+
+    def chunk_args(first, count):
+        return seed, tf.constant(first, tf.int32), tf.constant(count, tf.int32)
+
+    if kernel.method is None and num_probes >= 4 * AUTO_CHUNK:
+        results, done = kernel.choose_on_chunks(name, make, *operator.arguments, chunk_args,
+                                                AUTO_CHUNK)
+    if done < num_probes:
+        results.append(operator._function(name, make)(*chunk_args(done, num_probes - done)))
+    return np.concatenate([np.asarray(r) for r in results])
 
 
 def hutch_plus_plus(operator, num_matvecs, seed, per_variable=False):
@@ -109,8 +136,7 @@ def hutch_plus_plus(operator, num_matvecs, seed, per_variable=False):
 
     def make(traced):
         def estimate(seed, sketch, residual):
-            return _hutch_plus_plus(_flat_matvec(traced), traced.variables, traced.dtype,
-                                    seed, sketch, residual)
+            return _hutch_plus_plus(traced, seed, sketch, residual)
         return estimate
 
     fn = operator._function("hutch++", make)
@@ -120,29 +146,62 @@ def hutch_plus_plus(operator, num_matvecs, seed, per_variable=False):
     return _result(samples, num_matvecs, "hutch++", operator.dimension)
 
 
-def _flat_matvec(traced):
-    """H·v on flat vectors, for the body of a compiled function."""
-    def matvec(flat):
-        return vector.flatten(traced.hvp(vector.unflatten(flat, traced.variables)))
-    return matvec
+def over_batches(traced, body):
+    """`Σ_b w_b body(product_b)`: `body` run on each batch's products, weighted and summed.
+
+    `body(product)` computes, from `product(v)` = H_b·v (a list shaped like
+    the variables), tensors linear in H_b; every product of one batch
+    shares its recorded forward and first backward passes (see
+    `Traced.per_batch`), so the probes go inside `body` and the batches
+    outside.
+    """
+    total = None
+    for weight, product in traced.per_batch():
+        part = tf.nest.map_structure(lambda t, w=weight: tf.cast(w, t.dtype) * t, body(product))
+        total = part if total is None else tf.nest.map_structure(tf.add, total, part)
+    return total
 
 
-def _hutch_plus_plus(matvec, like, dtype, seed, sketch, residual):
-    """The body of `hutch_plus_plus`, for one flat HVP function `matvec`."""
-    columns = tf.TensorArray(dtype, size=sketch)
-    for i in tf.range(sketch):
-        s = vector.flatten(vector.rademacher_like(like, rng.fold_in(seed, i)))
-        columns = columns.write(i, matvec(s))
-    q, _ = tf.linalg.qr(tf.transpose(columns.stack()))
-    low_rank = tf.zeros((), dtype)
-    for i in tf.range(sketch):
-        low_rank += tf.tensordot(q[:, i], matvec(q[:, i]), 1)
-    samples = tf.TensorArray(dtype, size=residual)
-    for i in tf.range(residual):
-        g = vector.flatten(vector.rademacher_like(like, rng.fold_in(seed, sketch + i)))
-        g = g - tf.linalg.matvec(q, tf.linalg.matvec(q, g, transpose_a=True))
-        samples = samples.write(i, tf.tensordot(g, matvec(g), 1))
-    return low_rank + samples.stack()
+def _flat(product, like):
+    """`product` on flat vectors."""
+    return lambda flat: vector.flatten(product(vector.unflatten(flat, like)))
+
+
+def _sketch(traced, seed, sketch):
+    """Q, an orthonormal basis of H·S for `sketch` Rademacher columns S (Hutch++'s first third)."""
+    like, dtype = traced.variables, traced.dtype
+
+    def columns(product):
+        matvec = _flat(product, like)
+        out = tf.TensorArray(dtype, size=sketch, element_shape=[traced.kernel.dimension])
+        for i in tf.range(sketch):
+            s = vector.flatten(vector.rademacher_like(like, rng.fold_in(seed, i)))
+            out = out.write(i, matvec(s))
+        return out.stack()
+
+    q, _ = tf.linalg.qr(tf.transpose(over_batches(traced, columns)))
+    return q
+
+
+def _hutch_plus_plus(traced, seed, sketch, residual):
+    """The body of `hutch_plus_plus`."""
+    like, dtype = traced.variables, traced.dtype
+    q = _sketch(traced, seed, sketch)
+
+    def rest(product):
+        matvec = _flat(product, like)
+        low_rank = tf.zeros((), dtype)
+        for i in tf.range(sketch):
+            low_rank += tf.tensordot(q[:, i], matvec(q[:, i]), 1)
+        samples = tf.TensorArray(dtype, size=residual)
+        for i in tf.range(residual):
+            g = vector.flatten(vector.rademacher_like(like, rng.fold_in(seed, sketch + i)))
+            g = g - tf.linalg.matvec(q, tf.linalg.matvec(q, g, transpose_a=True))
+            samples = samples.write(i, tf.tensordot(g, matvec(g), 1))
+        return low_rank, samples.stack()
+
+    low_rank, samples = over_batches(traced, rest)
+    return low_rank + samples
 
 
 def _result(samples, num_matvecs, method, dimension):
@@ -257,19 +316,20 @@ def _hutchinson_blocks(operator, num_probes, seed):
     def make(traced):
         dtype = traced.dtype
 
-        def estimate(seed, num_probes):
-            samples = tf.TensorArray(dtype, size=num_probes)
-            for i in tf.range(num_probes):
-                z = vector.rademacher_like(traced.variables, rng.fold_in(seed, i))
-                hz = traced.hvp(z)
-                dots = [tf.reduce_sum(tf.cast(a, dtype) * tf.cast(b, dtype))
-                        for a, b in zip(z, hz)]
-                samples = samples.write(i, tf.stack(dots))
-            return samples.stack()
+        def estimate(seed, first, num_probes):
+            def probes(product):
+                samples = tf.TensorArray(dtype, size=num_probes)
+                for i in tf.range(num_probes):
+                    z = vector.rademacher_like(traced.variables, rng.fold_in(seed, first + i))
+                    hz = product(z)
+                    dots = [tf.reduce_sum(tf.cast(a, dtype) * tf.cast(b, dtype))
+                            for a, b in zip(z, hz)]
+                    samples = samples.write(i, tf.stack(dots))
+                return samples.stack()
+            return over_batches(traced, probes)
         return estimate
 
-    fn = operator._function("hutchinson_blocks", make)
-    samples = fn(tf.convert_to_tensor(seed), tf.constant(num_probes, tf.int32)).numpy()
+    samples = _probes(operator, "hutchinson_blocks", make, seed, num_probes)
     return _with_blocks(samples, num_probes, "hutchinson", operator)
 
 
@@ -300,7 +360,7 @@ def _hutch_plus_plus_blocks(operator, num_matvecs, seed):
 
 def _block_estimate(traced, sizes, seed, sketch, residual):
     """The body of `_hutch_plus_plus_blocks`: per-block samples, low-rank part added."""
-    like, dtype, matvec = traced.variables, traced.dtype, _flat_matvec(traced)
+    like, dtype = traced.variables, traced.dtype
     segments = tf.constant(np.repeat(np.arange(len(sizes)), sizes), tf.int32)
 
     def block_dot(a, b):
@@ -309,17 +369,19 @@ def _block_estimate(traced, sizes, seed, sketch, residual):
     def project_out(q, v):
         return v - tf.linalg.matvec(q, tf.linalg.matvec(q, v, transpose_a=True))
 
-    columns = tf.TensorArray(dtype, size=sketch)
-    for i in tf.range(sketch):
-        s = vector.flatten(vector.rademacher_like(like, rng.fold_in(seed, i)))
-        columns = columns.write(i, matvec(s))
-    q, _ = tf.linalg.qr(tf.transpose(columns.stack()))
-    low_rank = tf.zeros([len(sizes)], dtype)
-    for i in tf.range(sketch):
-        hq = matvec(q[:, i])
-        low_rank += block_dot(q[:, i], hq + project_out(q, hq))
-    samples = tf.TensorArray(dtype, size=residual)
-    for i in tf.range(residual):
-        g = vector.flatten(vector.rademacher_like(like, rng.fold_in(seed, sketch + i)))
-        samples = samples.write(i, block_dot(g, project_out(q, matvec(project_out(q, g)))))
-    return low_rank + samples.stack()
+    q = _sketch(traced, seed, sketch)
+
+    def rest(product):
+        matvec = _flat(product, like)
+        low_rank = tf.zeros([len(sizes)], dtype)
+        for i in tf.range(sketch):
+            hq = matvec(q[:, i])
+            low_rank += block_dot(q[:, i], hq + project_out(q, hq))
+        samples = tf.TensorArray(dtype, size=residual)
+        for i in tf.range(residual):
+            g = vector.flatten(vector.rademacher_like(like, rng.fold_in(seed, sketch + i)))
+            samples = samples.write(i, block_dot(g, project_out(q, matvec(project_out(q, g)))))
+        return low_rank, samples.stack()
+
+    low_rank, samples = over_batches(traced, rest)
+    return low_rank + samples
