@@ -122,10 +122,10 @@ def uniform(shape, seed, dtype=tf.float32):
 _CHUNK = 1 << 19
 
 
-def _pairs(chunk, length, seed):
-    """The normals of the first `length` pairs of chunk `chunk`: cosines, then sines."""
-    radius = tf.sqrt(-2.0 * tf.math.log(uniform([length], fold_in(seed, 2 * chunk)) + 2.0**-24))
-    angle = _TWO_PI * uniform([length], fold_in(seed, 2 * chunk + 1))
+def _pairs(length, radius_seed, angle_seed):
+    """The normals of `length` pairs: their cosines, then their sines."""
+    radius = tf.sqrt(-2.0 * tf.math.log(uniform([length], radius_seed) + 2.0**-24))
+    angle = _TWO_PI * uniform([length], angle_seed)
     return tf.concat([radius * tf.cos(angle), radius * tf.sin(angle)], 0)
 
 
@@ -141,7 +141,8 @@ def normal(shape, seed, dtype=tf.float32):
     if size is not None:
         return tf.reshape(normal_pieces([int(size)], seed, dtype)[0], shape)
     size = tf.reduce_prod(tf.cast(shape, tf.int32))  # Known when run: one chunk.
-    values = _pairs(0, (size + 1) // 2, seed)[:size]  # An odd size drops the last sine.
+    pairs = (size + 1) // 2
+    values = _pairs(pairs, fold_in(seed, 0), fold_in(seed, 1))[:size]  # Odd: no last sine.
     return tf.cast(tf.reshape(values, shape), dtype)
 
 
@@ -169,10 +170,14 @@ def normal_pieces(sizes, seed, dtype=tf.float32):
     pairs = (sum(sizes) + 1) // 2
     out, pending, piece, need = [], [], 0, sizes[0] if sizes else 0
     previous = []
+    # Every chunk's two seeds in one derivation (fold_in works element-wise):
+    # a graph of a few operations per chunk, not a few hundred.
+    seeds = fold_in(seed, tf.range(2 * (-(-pairs // _CHUNK)), dtype=tf.int32))
     for lo in range(0, pairs, _CHUNK):
         hi = min(lo + _CHUNK, pairs)
         with tf.control_dependencies(previous):  # In order, not all at once.
-            values = _pairs(lo // _CHUNK, hi - lo, seed)
+            chunk = lo // _CHUNK
+            values = _pairs(hi - lo, seeds[:, 2 * chunk], seeds[:, 2 * chunk + 1])
         previous = [values]
         lengths, owners, left = [], [], 2 * (hi - lo)
         while left and piece < len(sizes):
