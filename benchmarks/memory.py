@@ -21,6 +21,17 @@ buffer by design (the direction it reuses between SAM steps).
 The run-to-run noise of one figure is about a tenth of a buffer; `--repeats`
 runs every process several times and reports the median.
 
+Peak RSS counts more than tensors: tracing the training function and the
+first run's graph optimisation and kernels also take memory, once per
+traced function, and a rule whose graph has many operations pays for them
+there (e.g. a random draw whose seeds take hundreds of scalar operations
+per chunk). A second table splits that off: the peak bytes of TensorFlow's
+CPU allocator during `fit` over those in use before it
+(`tf.config.experimental.get_memory_info`, available on CPU with oneDNN,
+TensorFlow's default on x86), i.e. tensors alone, again minus plain `fit`'s.
+The first figure minus the second is, to fragmentation, memory that is not
+tensors.
+
 Usage:
     python -m benchmarks.memory [--repeats 3] [--steps 10] [--optimizers sgd adam]
 """
@@ -69,8 +80,28 @@ def _peak_rss():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux.
 
 
+def _allocator_bytes():
+    """(current, peak) bytes of TensorFlow's CPU allocator, or None where it keeps no statistics."""
+    import tensorflow as tf
+
+    try:
+        info = tf.config.experimental.get_memory_info("CPU:0")
+    except (ValueError, RuntimeError):
+        return None
+    return info["current"], info["peak"]
+
+
+def _reset_allocator_peak():
+    import tensorflow as tf
+
+    try:
+        tf.config.experimental.reset_memory_stats("CPU:0")
+    except (ValueError, RuntimeError):
+        pass
+
+
 def child(variant, optimizer, steps):
-    """Trains one variant in this process and prints its figure as JSON."""
+    """Trains one variant in this process and prints its figures as JSON."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
     import numpy as np
@@ -107,12 +138,18 @@ def child(variant, optimizer, steps):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(steps * BATCH, LAYERS[0])).astype("float32")
     y = rng.integers(0, LAYERS[-1], steps * BATCH)
+    _reset_allocator_peak()
+    allocated = _allocator_bytes()
     before = _current_rss()
     model.fit(x, y, batch_size=BATCH, epochs=EPOCHS, shuffle=False, verbose=0)
     peak = _peak_rss()
+    after = _allocator_bytes()
     buffer = 4 * parameters()
-    print(json.dumps({"buffers": (peak - before) / buffer, "peak_mib": peak / 2**20,
-                      "before_mib": before / 2**20}))
+    tensors = None
+    if allocated is not None and after is not None:
+        tensors = (after[1] - allocated[0]) / buffer
+    print(json.dumps({"buffers": (peak - before) / buffer, "tensor_buffers": tensors,
+                      "peak_mib": peak / 2**20, "before_mib": before / 2**20}))
 
 
 def measure(variant, optimizer, steps):
@@ -122,11 +159,16 @@ def measure(variant, optimizer, steps):
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")
-    return json.loads(result.stdout.strip().splitlines()[-1])["buffers"]
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def run(optimizers, repeats, steps, variants=None):
-    """Returns {optimizer: {variant: extra buffers over plain keras}} (medians)."""
+def run(optimizers, repeats, steps, variants=None, key="buffers"):
+    """Returns {optimizer: {variant: extra buffers over plain keras}} (medians).
+
+    `key="buffers"` gives the peak-RSS figures; with `key="both"`, a pair of
+    tables `(rss, tensors)`, the second from the allocator (None entries
+    where it keeps no statistics).
+    """
     variants = list(variants or VARIANTS)
     if "plain keras" not in variants:
         variants.insert(0, "plain keras")
@@ -134,18 +176,27 @@ def run(optimizers, repeats, steps, variants=None):
     for _ in range(repeats):  # Interleaved, so slow drifts hit every variant alike.
         for optimizer in optimizers:
             for variant in variants:
-                figures[(optimizer, variant)].append(measure(variant, optimizer, steps))
-                print(f"  {optimizer:4s} {variant:28s} {figures[(optimizer, variant)][-1]:.3f}",
+                figure = measure(variant, optimizer, steps)
+                figures[(optimizer, variant)].append(figure)
+                tensors = figure.get("tensor_buffers")
+                print(f"  {optimizer:4s} {variant:28s} {figure['buffers']:.3f}"
+                      + ("" if tensors is None else f"  (tensors {tensors:.3f})"),
                       file=sys.stderr, flush=True)
-    table = {}
-    for optimizer in optimizers:
-        plain = statistics.median(figures[(optimizer, "plain keras")])
-        table[optimizer] = {
-            v: statistics.median(figures[(optimizer, v)]) - plain
-            for v in variants if v != "plain keras"
-        }
-        table[optimizer]["plain keras (absolute)"] = plain
-    return table
+    tables = {}
+    for name in ("buffers", "tensor_buffers"):
+        table = tables[name] = {}
+        for optimizer in optimizers:
+            values = {v: [f.get(name) for f in figures[(optimizer, v)]] for v in variants}
+            medians = {v: None if None in x else statistics.median(x) for v, x in values.items()}
+            plain = medians["plain keras"]
+            table[optimizer] = {
+                v: None if plain is None or m is None else m - plain
+                for v, m in medians.items() if v != "plain keras"
+            }
+            table[optimizer]["plain keras (absolute)"] = plain
+    if key == "both":
+        return tables["buffers"], tables["tensor_buffers"]
+    return tables[key]
 
 
 def main(argv=None):
@@ -163,15 +214,20 @@ def main(argv=None):
     from benchmarks import common
 
     print(f"Machine: {common.machine()}")
-    table = run(args.optimizers, args.repeats, args.steps, args.variants)
+    table, tensors = run(args.optimizers, args.repeats, args.steps, args.variants, key="both")
     variants = [v for v in next(iter(table.values())) if v != "plain keras (absolute)"]
+    setting = (f"({parameters() / 1e6:.1f}M-parameter MLP, batch {BATCH}, {EPOCHS} epochs of "
+               f"{args.steps} steps, median of {args.repeats} processes)")
     rows = [{"optimizer": o, **{v: table[o][v] for v in variants},
              "plain fit itself": table[o]["plain keras (absolute)"]} for o in table]
-    common.print_table(
-        f"Extra peak memory over plain Keras fit, in weight-sized buffers "
-        f"({parameters() / 1e6:.1f}M-parameter MLP, batch {BATCH}, {EPOCHS} epochs of "
-        f"{args.steps} steps, median of {args.repeats} processes)",
-        rows, ["optimizer", *variants, "plain fit itself"])
+    common.print_table(f"Extra peak memory over plain Keras fit, in weight-sized buffers "
+                       f"{setting}", rows, ["optimizer", *variants, "plain fit itself"])
+    if any(tensors[o]["plain keras (absolute)"] is not None for o in tensors):
+        rows = [{"optimizer": o, **{v: tensors[o][v] for v in variants},
+                 "plain fit itself": tensors[o]["plain keras (absolute)"]} for o in tensors]
+        common.print_table(f"Of which tensors: extra peak bytes of TensorFlow's CPU allocator "
+                           f"over plain Keras fit, in weight-sized buffers {setting}",
+                           rows, ["optimizer", *variants, "plain fit itself"])
     return table
 
 
