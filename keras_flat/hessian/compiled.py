@@ -161,6 +161,21 @@ class CompiledHessian:
 
     # ---- Products ----------------------------------------------------------
 
+    def _first_backward(self, x, y, sample_weight, targets):
+        """`(loss, raw, grads)` of one batch, recorded on the enclosing tapes.
+
+        `raw` is the tape's gradient (None or IndexedSlices allowed), `grads`
+        its dense form; the loss and grads are appended to `targets` (what a
+        failure diagnosis looks back from).
+        """
+        with tf.GradientTape() as inner:
+            loss = self.batch_loss(x, y, sample_weight)
+        targets.append(loss)
+        raw = inner.gradient(loss, self.variables)
+        grads = dense_gradients(raw, self.variables)
+        targets.extend(grads)
+        return loss, raw, grads
+
     def _batch_hvp(self, batch, tangents, method, check=False):
         x, y, sample_weight = batch
         targets = []
@@ -169,21 +184,11 @@ class CompiledHessian:
             if method == "forward_over_backward":
                 watched = [v.value for v in self.variables]
                 with tf.autodiff.ForwardAccumulator(watched, tangents) as acc:
-                    with tf.GradientTape() as tape:
-                        loss = self.batch_loss(x, y, sample_weight)
-                    targets.append(loss)
-                    raw = tape.gradient(loss, self.variables)
-                    grads = dense_gradients(raw, self.variables)
-                    targets.extend(grads)
+                    loss, raw, grads = self._first_backward(x, y, sample_weight, targets)
                 second = acc.jvp(grads)
             else:
                 with tf.GradientTape() as outer:
-                    with tf.GradientTape() as inner:
-                        loss = self.batch_loss(x, y, sample_weight)
-                    targets.append(loss)
-                    raw = inner.gradient(loss, self.variables)
-                    grads = dense_gradients(raw, self.variables)
-                    targets.extend(grads)
+                    loss, raw, grads = self._first_backward(x, y, sample_weight, targets)
                     inner_product = vector.dot(grads, tangents)
                 second = outer.gradient(inner_product, self.variables)
         except LookupError as error:
@@ -221,12 +226,7 @@ class CompiledHessian:
         targets = []
         try:
             with tf.GradientTape(persistent=True) as outer:
-                with tf.GradientTape() as inner:
-                    loss = self.batch_loss(x, y, sample_weight)
-                targets.append(loss)
-                raw = inner.gradient(loss, self.variables)
-                grads = dense_gradients(raw, self.variables)
-                targets.extend(grads)
+                loss, raw, grads = self._first_backward(x, y, sample_weight, targets)
         except LookupError as error:
             self.report(diagnose.explain_failure(
                 self.model, error, targets, f"with hvp_method={method!r}"))
