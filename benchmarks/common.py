@@ -117,6 +117,18 @@ def time_loop(model, x, y, batch_size=128):
     return (time.perf_counter() - start) / steps
 
 
+def timed(fn, per=lambda out: 1):
+    """A runner: seconds of `fn()` (its tensors fetched) divided by `per(output)`."""
+    def run():
+        start = time.perf_counter()
+        out = fn()
+        for t in tf.nest.flatten(out):
+            if hasattr(t, "numpy"):
+                t.numpy()
+        return (time.perf_counter() - start) / per(out)
+    return run
+
+
 def interleaved_medians(runners, repeats):
     """Runs every runner once per round, rotating the order; returns medians.
 

@@ -32,7 +32,6 @@ import argparse
 import time
 
 import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from benchmarks import common
 from keras_flat import hessian  # noqa: E402
@@ -47,15 +46,7 @@ def _compiled(kind):
     return model
 
 
-def _timed(fn):
-    def run():
-        start = time.perf_counter()
-        out = fn()
-        for t in tf.nest.flatten(out):
-            if hasattr(t, "numpy"):
-                t.numpy()
-        return time.perf_counter() - start
-    return run
+_timed = common.timed
 
 
 def _one_line(kind, data, probes):

@@ -248,16 +248,7 @@ def step_rows(kind, medians, params):
 # --- Table 2: Hessian cost -----------------------------------------------------------------
 
 
-def _timed(fn, per=lambda out: 1):
-    """A runner: seconds of `fn()` divided by `per(output)` (e.g. products used)."""
-    def run():
-        start = time.perf_counter()
-        out = fn()
-        for t in tf.nest.flatten(out):
-            if hasattr(t, "numpy"):
-                t.numpy()
-        return (time.perf_counter() - start) / per(out)
-    return run
+_timed = common.timed
 
 
 def _keras_model(kind):
